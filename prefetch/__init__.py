@@ -1,0 +1,27 @@
+"""prefetch: a framework-agnostic async prefetch engine for Python training loops.
+
+Write a dataset as plain Python (Keras `PyDataset` style: `__len__` = batches,
+`__getitem__(i)` = one batch) and iterate it through a `Loader`, which produces batches in
+parallel ahead of the training loop — threads, processes with shared memory, coroutines or
+a dask cluster — and hands them to Keras, PyTorch or JAX through thin adapters.
+
+Example:
+    >>> import numpy as np, prefetch
+    >>> class Batches(prefetch.PyDataset):
+    ...     def __len__(self):
+    ...         return 4
+    ...     def __getitem__(self, i):
+    ...         return np.full((2, 3), i), np.array([i, i])
+    >>> for x, y in prefetch.Loader(Batches(workers=2)):
+    ...     pass
+"""
+
+from .dataset import PyDataset
+from .errors import WorkerError
+from .loader import Loader
+from .randomness import rng
+from .shard import Shard
+from .stats import Stats
+
+__all__ = ["Loader", "PyDataset", "Shard", "Stats", "WorkerError", "rng"]
+__version__ = "0.1.0"

@@ -1,0 +1,49 @@
+"""Executors run `__getitem__` somewhere; `executor_factory` picks one from a Loader's settings."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from typing import Any, Callable
+
+from .base import Executor, Failure, Job
+
+__all__ = ["Executor", "Failure", "Job", "executor_factory", "is_dask_client"]
+
+
+def is_dask_client(obj: Any) -> bool:
+    # Recognised without importing distributed: it is an optional dependency.
+    return any(c.__module__.startswith("distributed") and c.__name__ == "Client" for c in type(obj).__mro__)
+
+
+def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_async: bool,
+                     start_method: str | None) -> Callable[[], Executor]:
+    """A zero-argument constructor for the executor a Loader asked for."""
+    if is_async:
+        from .coroutines import CoroutineExecutor
+
+        return lambda: CoroutineExecutor(dataset, workers)
+    if kind == "thread":
+        from .threads import ThreadExecutor
+
+        return lambda: ThreadExecutor(dataset, workers)
+    if kind == "process":
+        from .processes import ProcessExecutor
+
+        def make() -> Executor:
+            return ProcessExecutor(dataset, workers, window=window, start_method=start_method)
+
+        make.blocks = True  # type: ignore[attr-defined]  # starting processes takes a while
+        return make
+    if isinstance(kind, cf.Executor):
+        from .futures import FuturesExecutor
+
+        return lambda: FuturesExecutor(dataset, kind, workers)
+    if is_dask_client(kind):
+        from .dask import DaskExecutor
+
+        def make_dask() -> Executor:
+            return DaskExecutor(dataset, kind, workers)
+
+        make_dask.blocks = True  # type: ignore[attr-defined]
+        return make_dask
+    raise AssertionError(kind)  # the Loader validated `kind`

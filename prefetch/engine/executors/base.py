@@ -1,0 +1,169 @@
+"""The one small protocol every executor implements, and the pieces they share.
+
+An executor runs `Job`s (a few batch indices of one epoch) somewhere — threads, coroutines,
+processes, a cluster — and reports each one back, on the engine's event loop, by calling
+`job.owner.complete(job, values, failure, elapsed)`. It knows nothing about windows, order
+or frameworks: that is the scheduler's and the adapters' business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from typing import Any, Callable, Protocol
+
+
+class JobOwner(Protocol):
+    """What a job reports to (the scheduler's epoch run)."""
+
+    cancelled: bool
+
+    def complete(self, job: "Job", values: list, failure: "Failure | None", elapsed: float) -> None: ...
+
+
+class Job:
+    """Batches `items` = [(position in epoch order, batch index), ...] of one epoch."""
+
+    __slots__ = ("owner", "epoch", "seed", "items")
+
+    def __init__(self, owner: JobOwner, epoch: int, seed: int, items: list[tuple[int, int]]):
+        self.owner = owner
+        self.epoch = epoch
+        self.seed = seed
+        self.items = items
+
+    def __repr__(self) -> str:
+        return f"Job(epoch={self.epoch}, items={self.items!r})"
+
+
+class Failure:
+    """`__getitem__(index)` at `position` raised `error` (already annotated with the index)."""
+
+    __slots__ = ("position", "index", "error")
+
+    def __init__(self, position: int, index: int, error: BaseException):
+        self.position = position
+        self.index = index
+        self.error = error
+
+
+class Executor:
+    """Base class: runs jobs and reports them back on the loop it was bound to.
+
+    Lifecycle, all on the engine loop's thread unless noted: `bind(loop)` (again whenever
+    the loop changes), `submit(job)` many times, `begin_epoch(epoch)` before each epoch's
+    first job, `wait_idle()` to let stale work finish, `close()` (any thread, idempotent).
+    """
+
+    #: whether several indices per job pay off (amortising a round trip)
+    chunks: bool = True
+    #: whether running jobs share the consumer's interpreter (hooks must not race them)
+    in_process: bool = True
+    #: a fixed guess of one job's overhead in seconds, used by the chunk sizer
+    job_overhead: float = 30e-6
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._busy = 0  # jobs submitted and not yet reported
+        self._idle_waiters: list[asyncio.Future] = []
+
+    # -- on the loop thread ---------------------------------------------------------------
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def unbind(self) -> None:
+        """Stop using the current loop (before a bind to another, or a close)."""
+
+    def submit(self, job: Job) -> None:
+        self._busy += 1
+        self._submit(job)
+
+    def _submit(self, job: Job) -> None:
+        raise NotImplementedError
+
+    def cancel(self, owner: JobOwner) -> None:
+        """Drop queued jobs of `owner` (its `cancelled` flag is already set)."""
+
+    def begin_epoch(self, epoch: int) -> None:
+        """A new epoch's jobs follow; the dataset may have changed in the consumer's process."""
+
+    def resize(self, workers: int) -> None:
+        self.workers = workers
+
+    def report(self, job: Job, values: list, failure: Failure | None, elapsed: float) -> None:
+        """Hand a finished job to its owner; call on the loop thread."""
+        self._busy -= 1
+        try:
+            job.owner.complete(job, values, failure, elapsed)
+        finally:
+            if self._busy == 0 and self._idle_waiters:
+                for fut in self._idle_waiters:
+                    if not fut.done():
+                        fut.set_result(None)
+                self._idle_waiters.clear()
+
+    async def wait_idle(self) -> None:
+        """Return once no job is running (stale jobs of an aborted epoch included)."""
+        if self._busy:
+            fut = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(fut)
+            await fut
+
+    # -- any thread -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start workers; called once, before the first bind."""
+
+    def close(self) -> None:
+        """End every worker; idempotent."""
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}(workers={self.workers})"
+
+
+class LoopPoster:
+    """Carries reports from worker threads to the loop with one wake-up per burst.
+
+    `call_soon_threadsafe` per batch writes the loop's self-pipe every time; coalescing lets
+    a burst of completions cost one wake-up, which is most of the per-batch overhead.
+    """
+
+    def __init__(self, deliver: Callable[[Any], None]):
+        self._deliver = deliver
+        self._queue: deque = deque()
+        self._scheduled = False
+        self._lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def post(self, item: Any) -> None:
+        self._queue.append(item)
+        if not self._scheduled:
+            with self._lock:  # two workers must not both schedule and both miss the flag reset
+                if self._scheduled:
+                    return
+                self._scheduled = True
+            loop = self.loop
+            try:
+                loop.call_soon_threadsafe(self._drain)  # type: ignore[union-attr]
+            except (RuntimeError, AttributeError):
+                # The loop is closed: the loader is shutting down and nobody waits for this.
+                self._scheduled = False
+
+    def _drain(self) -> None:
+        self._scheduled = False  # reset first: a post racing with the drain schedules again
+        q = self._queue
+        while q:
+            self._deliver(q.popleft())
+
+    def rebind(self, loop: asyncio.AbstractEventLoop) -> None:
+        old, self.loop = self.loop, loop
+        if old is not loop and self._queue:
+            # Reports parked for a loop that is gone move to the new one.
+            self._scheduled = False
+            self.post_nothing()
+
+    def post_nothing(self) -> None:
+        if self._queue and not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon_threadsafe(self._drain)  # type: ignore[union-attr]

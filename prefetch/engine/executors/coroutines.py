@@ -1,0 +1,155 @@
+"""Coroutine `__getitem__` awaited on the engine's own loop, `workers` at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import deque
+from time import perf_counter
+from typing import Any
+
+from ...errors import annotate
+from ...randomness import enter_batch, exit_batch
+from .base import Executor, Failure, Job
+
+_WHERE = "a coroutine on the event loop"
+
+
+class CoroutineExecutor(Executor):
+    """Up to `workers` long-lived worker tasks await batches from one FIFO of jobs.
+
+    Long-lived workers rather than a task per batch: a worker that finishes a batch takes
+    the next job (which the scheduler queued while it reported) without a task to create or
+    a future to wake, which is most of the per-batch cost at thousands of batches a second.
+    """
+
+    chunks = False
+
+    def __init__(self, dataset: Any, workers: int):
+        super().__init__(workers)
+        self.dataset = dataset
+        self._jobs: deque[Job] = deque()
+        self._tasks: dict[asyncio.Task, Job | None] = {}  # worker -> the job it is running
+        self._parked: deque[asyncio.Future] = deque()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().bind(loop)
+        self._tasks = {}  # workers of a previous loop died with it (or were cancelled by unbind)
+        self._parked = deque()
+        self._wake_or_spawn()
+
+    def unbind(self) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            for task in list(self._tasks):
+                task.cancel()
+        self._tasks = {}
+        self._parked = deque()
+
+    def _submit(self, job: Job) -> None:
+        self._jobs.append(job)
+        self._wake_or_spawn()
+
+    def _wake_or_spawn(self) -> None:
+        if not self._jobs or self.loop is None:
+            return
+        parked = self._parked
+        while parked:
+            fut = parked.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        if len(self._tasks) < self.workers:
+            task = self.loop.create_task(self._worker())
+            self._tasks[task] = None
+
+    async def _worker(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        jobs, tasks, dataset, loop = self._jobs, self._tasks, self.dataset, self.loop
+        try:
+            while True:
+                if not jobs:
+                    if len(tasks) > self.workers:  # shrunk: retire
+                        return
+                    fut = loop.create_future()  # type: ignore[union-attr]
+                    self._parked.append(fut)
+                    await fut
+                    continue
+                job = jobs.popleft()
+                tasks[me] = job
+                values: list = []
+                failure = None
+                t0 = perf_counter()
+                try:
+                    for position, index in job.items:
+                        if job.owner.cancelled:
+                            break
+                        # Each worker task has its own context: this batch's rng() is its alone.
+                        token = enter_batch(job.seed, job.epoch, index)
+                        try:
+                            values.append(await dataset[index])
+                        except asyncio.CancelledError:
+                            raise
+                        except BaseException as exc:  # noqa: BLE001 - delivered to the consumer
+                            failure = Failure(position, index, annotate(exc, index, _WHERE))
+                            break
+                        finally:
+                            exit_batch(token)
+                except asyncio.CancelledError:
+                    if not job.owner.cancelled:
+                        raise  # not an epoch cancel: the executor is closing
+                    if sys.version_info >= (3, 11):
+                        me.uncancel()
+                    values, failure = [], None
+                tasks[me] = None
+                self.report(job, values, failure, perf_counter() - t0)
+                if len(self._jobs) > 1:
+                    self._wake_or_spawn()  # more queued than this worker can take
+        finally:
+            job = tasks.pop(me, None)
+            if job is not None:  # cancelled mid-job by close/unbind: still account for it
+                self.report(job, [], None, 0.0)
+
+    def resize(self, workers: int) -> None:
+        super().resize(workers)
+        if self.loop is not None:
+            for _ in range(min(len(self._jobs), workers)):
+                self._wake_or_spawn()
+
+    def cancel(self, owner) -> None:
+        kept: deque[Job] = deque()
+        for job in self._jobs:
+            if job.owner is owner:
+                self.report(job, [], None, 0.0)
+            else:
+                kept.append(job)
+        self._jobs.clear()
+        self._jobs.extend(kept)
+        # Coroutines of that epoch are cancelled rather than awaited to the end.
+        for task, job in list(self._tasks.items()):
+            if job is not None and job.owner is owner:
+                task.cancel()
+
+    def close(self) -> None:
+        self._jobs.clear()
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        tasks = list(self._tasks)
+
+        def cancel_all() -> None:
+            for task in tasks:
+                task.cancel()
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        try:
+            if loop.is_running() and running is not loop:
+                loop.call_soon_threadsafe(cancel_all)
+            else:
+                cancel_all()
+        except RuntimeError:
+            pass

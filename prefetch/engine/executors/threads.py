@@ -1,0 +1,126 @@
+"""Thread workers: `__getitem__` runs on daemon threads owned by one executor."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import warnings
+from time import perf_counter
+from typing import Any
+
+from ...errors import annotate
+from ...randomness import enter_batch, exit_batch
+from ..loop import tighten_timer_slack
+from .base import Executor, Failure, Job, LoopPoster
+
+_STOP = None
+
+
+def run_items(dataset: Any, job: Job, where: str) -> tuple[list, Failure | None, float]:
+    """Run a job's `__getitem__` calls in order; stop at the first exception.
+
+    Shared by every executor that calls a sync `__getitem__` in this interpreter.
+    """
+    values: list = []
+    failure = None
+    owner = job.owner
+    seed, epoch = job.seed, job.epoch
+    t0 = perf_counter()
+    for position, index in job.items:
+        if owner.cancelled:  # an aborted epoch: skip what has not started
+            break
+        token = enter_batch(seed, epoch, index)
+        try:
+            values.append(dataset[index])
+        except BaseException as exc:  # noqa: BLE001 - delivered to the consumer, not swallowed
+            failure = Failure(position, index, annotate(exc, index, where))
+            break
+        finally:
+            exit_batch(token)
+    return values, failure, perf_counter() - t0
+
+
+class ThreadExecutor(Executor):
+    """`workers` daemon threads pulling jobs from one queue.
+
+    Daemon threads (not `concurrent.futures`' joined-at-exit ones) so that a `__getitem__`
+    stuck in I/O can never hold the interpreter open; `close()` still joins them.
+    """
+
+    def __init__(self, dataset: Any, workers: int):
+        super().__init__(workers)
+        self.dataset = dataset
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._poster = LoopPoster(self._deliver)
+        self._closed = False
+        self._retire = 0  # threads asked to exit by a shrink
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._grow(self.workers)
+
+    def bind(self, loop) -> None:
+        super().bind(loop)
+        self._poster.rebind(loop)
+
+    def _grow(self, n: int) -> None:
+        for _ in range(n):
+            t = threading.Thread(target=self._work, name=f"prefetch-thread-{len(self._threads)}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def resize(self, workers: int) -> None:
+        with self._lock:
+            alive = [t for t in self._threads if t.is_alive()]
+            self._threads = alive
+            current = len(alive) - self._retire
+            if workers > current:
+                take_back = min(self._retire, workers - current)
+                self._retire -= take_back
+                self._grow(workers - current - take_back)
+            elif workers < current:
+                self._retire += current - workers
+            self.workers = workers
+
+    def _submit(self, job: Job) -> None:
+        self._queue.put(job)
+
+    def _deliver(self, report: tuple) -> None:
+        self.report(*report)
+
+    def _work(self) -> None:
+        tighten_timer_slack()
+        where = f"thread {threading.current_thread().name}"
+        get, post, dataset = self._queue.get, self._poster.post, self.dataset
+        while True:
+            if self._retire:
+                with self._lock:
+                    if self._retire:
+                        self._retire -= 1
+                        return
+            job = get()
+            if job is _STOP:
+                return
+            values, failure, elapsed = run_items(dataset, job, where)
+            post((job, values, failure, elapsed))
+            del job, values, failure  # do not pin the last batch while idle
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        deadline = perf_counter() + timeout
+        stuck = []
+        for t in self._threads:
+            if t is threading.current_thread():
+                continue
+            t.join(max(0.0, deadline - perf_counter()))
+            if t.is_alive():
+                stuck.append(t.name)
+        if stuck:
+            warnings.warn(f"prefetch: {len(stuck)} worker thread(s) still inside __getitem__ after close(): "
+                          f"{', '.join(stuck)} (daemon threads; they end with their call)", RuntimeWarning,
+                          stacklevel=2)

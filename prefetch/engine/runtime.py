@@ -1,0 +1,165 @@
+"""`Engine`: owns one loader's executor and loop thread, and moves them between event loops.
+
+A sync consumer drives the engine on a private loop thread; an `async for` under asyncio
+drives it on the caller's loop. Between epochs the executor is re-bound to whichever loop
+the next epoch runs on, after the previous epoch's stale work has been cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Callable
+
+from .executors.base import Executor
+from .loop import LoopThread
+from .scheduler import EpochRun
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class Engine:
+    def __init__(self, make_executor: Callable[[], Executor]):
+        self._make_executor = make_executor
+        self.executor: Executor | None = None
+        self.thread: LoopThread | None = None
+        self.run: EpochRun | None = None
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("prefetch: this Loader is closed")
+
+    def ensure_executor(self) -> Executor:
+        with self._lock:
+            self._check_open()
+            if self.executor is None:
+                executor = self._make_executor()
+                executor.start()
+                self.executor = executor
+            return self.executor
+
+    def ensure_thread(self) -> LoopThread:
+        with self._lock:
+            self._check_open()
+            if self.thread is None or not self.thread.alive():
+                self.thread = LoopThread()
+            return self.thread
+
+    # -- moving between loops ------------------------------------------------------------
+    def _leave(self, new_loop: asyncio.AbstractEventLoop) -> None:
+        """Cancel the current epoch where it runs and re-bind the executor to `new_loop`."""
+        ex = self.executor
+        assert ex is not None
+        old = ex.loop
+        if old is new_loop:
+            return
+        if old is not None:
+            def leave() -> None:
+                if self.run is not None:
+                    self.run.cancel()
+                ex.unbind()
+
+            if self.thread is not None and old is self.thread.loop and self.thread.alive():
+                self.thread.call(leave)
+            elif old.is_closed() or not old.is_running() or old is _running_loop():
+                leave()  # that loop is gone (or is ours right now): nothing else runs there
+            else:
+                raise RuntimeError("prefetch: this Loader is iterating on another running event loop")
+        if self.thread is not None and new_loop is self.thread.loop:
+            self.thread.call(ex.bind, new_loop)
+        else:
+            ex.bind(new_loop)
+
+    async def _quiesce(self) -> None:
+        """On the executor's loop: cancel the current epoch and let in-process stale work end,
+        so that the next `on_epoch_begin` never races a stale `__getitem__`."""
+        if self.run is not None:
+            self.run.cancel()
+            self.run.channel.close()
+            self.run = None
+        ex = self.executor
+        if ex is not None and ex.in_process:
+            await ex.wait_idle()
+
+    def prepare_sync(self) -> LoopThread:
+        """Ready the engine for an epoch consumed from this (non-loop) thread."""
+        lt = self.ensure_thread()
+        self.ensure_executor()
+        self._leave(lt.loop)
+        lt.run(self._quiesce())
+        return lt
+
+    async def prepare_async(self) -> asyncio.AbstractEventLoop:
+        """Ready the engine for an epoch consumed on the running asyncio loop."""
+        loop = asyncio.get_running_loop()
+        ex = self.executor
+        if ex is None:
+            if self._make_executor_blocks():
+                await asyncio.to_thread(self.ensure_executor)
+            else:
+                self.ensure_executor()
+        self._leave(loop)
+        await self._quiesce()
+        return loop
+
+    def _make_executor_blocks(self) -> bool:
+        return getattr(self._make_executor, "blocks", False)
+
+    def launch(self, run: EpochRun) -> None:
+        """Start `run` (on its loop's thread)."""
+        self.run = run
+        run.start()
+
+    def abort(self, run: EpochRun) -> None:
+        """Cancel `run` from any thread, without waiting (a dropped iterator, a `break`)."""
+        if run.cancelled:
+            return
+        loop = run.channel.loop
+        if loop is _running_loop() or loop.is_closed():
+            run.cancel()
+            return
+        try:
+            loop.call_soon_threadsafe(run.cancel)
+        except RuntimeError:
+            run.cancel()
+
+    # -- shutting down ------------------------------------------------------------------------
+    def close(self) -> None:
+        """End the current epoch, every worker and the loop thread; idempotent, any thread."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        ex, lt, run = self.executor, self.thread, self.run
+        usable = lt is not None and lt.alive() and not lt.on_thread()
+        if ex is not None:
+            if usable and ex.loop is lt.loop:
+                try:
+                    lt.call(self._close_on_loop, timeout=5)
+                except Exception:  # noqa: BLE001 - closing must go on regardless
+                    pass
+            else:
+                self._close_on_loop()
+            ex.close()
+        elif run is not None:
+            self._close_on_loop()
+        if lt is not None:
+            lt.stop()
+
+    def _close_on_loop(self) -> None:
+        run, ex = self.run, self.executor
+        if run is not None:
+            run.cancel()
+            run.channel.close()
+        if ex is not None:
+            try:
+                ex.unbind()
+            except Exception:  # noqa: BLE001
+                pass

@@ -1,0 +1,175 @@
+"""One epoch's schedule: feed indices to an executor, keep the window bounded, deliver in order.
+
+The scheduler is a small callback-driven state machine on the engine loop. It does not know
+what runs the jobs (threads, coroutines, processes, a cluster) nor who consumes the batches:
+it talks to an `Executor` and a `Channel`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import Any, Iterator
+
+from .channel import Channel
+from .executors.base import Executor, Failure, Job
+
+
+class ChunkSizer:
+    """How many indices to put in one job.
+
+    Cheap batches are grouped so a job carries about `target` seconds of work and the
+    executor's fixed cost per round trip stops dominating; a batch that takes longer than
+    that goes alone. Starts at 1 (the first batch as early as possible), and never takes
+    more than a fair share of the free window, so no worker idles while another hoards.
+    """
+
+    def __init__(self, executor: Executor, target: float = 1e-3):
+        self.enabled = executor.chunks
+        self.executor = executor
+        self.target = max(target, 20 * executor.job_overhead)
+        self.latency: float | None = None  # moving average of one __getitem__, seconds
+
+    def observe(self, per_item: float) -> None:
+        if not self.enabled:
+            return  # latency stays None: fill() takes its one-at-a-time fast path
+        self.latency = per_item if self.latency is None else 0.8 * self.latency + 0.2 * per_item
+
+    def size(self, free: int, window: int) -> int:
+        if not self.enabled or self.latency is None:
+            return 1
+        want = int(self.target / max(self.latency, 1e-7))
+        share = max(1, window // (2 * max(1, self.executor.workers)))
+        return max(1, min(want, share, free))
+
+
+class EpochRun:
+    """Runs one epoch (or the rest of one, after a resume) through `executor` into `channel`."""
+
+    def __init__(self, *, executor: Executor, items: Iterator[tuple[int, int]], epoch: int, seed: int,
+                 window: int, ordered: bool, channel: Channel, sizer: ChunkSizer, stats: Any):
+        self.executor = executor
+        self.epoch = epoch
+        self.seed = seed
+        self.window = window
+        self.ordered = ordered
+        self.channel = channel
+        self.sizer = sizer
+        self.stats = stats
+        self.cancelled = False
+        self._items = items
+        self._exhausted = False
+        self._submitted = 0
+        self._inflight = 0
+        self._order: deque[int] = deque()  # positions in submission order (ordered mode)
+        self._done: dict[int, Any] = {}  # position -> value or Failure, waiting for its turn
+        self._stopped = False  # a failure ends the schedule
+        self._finished = False
+
+    # -- scheduling ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.fill()
+
+    def fill(self) -> None:
+        if self._stopped or self.cancelled:
+            return
+        free = self.window - (self._submitted - self.channel.taken)
+        if free > 0 and not self._exhausted:
+            source, sizer, submit = self._items, self.sizer, self.executor.submit
+            ordered, order = self.ordered, self._order
+            while free > 0:
+                n = sizer.size(free, self.window) if sizer.latency is not None else 1
+                if n == 1:  # the common case for slow batches: no list slicing
+                    item = next(source, None)
+                    if item is None:
+                        self._exhausted = True
+                        break
+                    items = [item]
+                    if ordered:
+                        order.append(item[0])
+                else:
+                    items = list(itertools.islice(source, n))
+                    if len(items) < n:
+                        self._exhausted = True
+                        if not items:
+                            break
+                    if ordered:
+                        order.extend([p for p, _ in items])
+                k = len(items)
+                self._submitted += k
+                self._inflight += k
+                free -= k
+                submit(Job(self, self.epoch, self.seed, items))
+                if self._exhausted:
+                    break
+        self.stats.sample(self._inflight, len(self.channel.items))
+        if self._exhausted:
+            self._maybe_finish()
+        elif free <= 0:
+            # Ask the consumer to wake us once a few slots are free. Each completion refills
+            # the window anyway, so with many batches in flight a wake-up per taken batch
+            # would be wasted work; with few in flight we must hear of every free slot.
+            slack = max(1, min(16, self._inflight // 8))
+            self.channel.on_taken(self._submitted - self.window + slack, self.fill)
+
+    def complete(self, job: Job, values: list, failure: Failure | None, elapsed: float) -> None:
+        """An executor finished `job` (on the loop thread)."""
+        n = len(job.items)
+        self._inflight -= n
+        if self.cancelled:
+            return
+        ran = len(values) + (failure is not None)
+        if ran:
+            self.sizer.observe(elapsed / ran)
+            self.stats.record_latency(elapsed, ran)
+        if self.ordered:
+            done = self._done
+            for (position, _), value in zip(job.items, values):
+                done[position] = value
+            if failure is not None:
+                done[failure.position] = failure
+                self._stopped = True
+            self._flush()
+        else:
+            if values:
+                self.channel.put_many([(p, v) for (p, _), v in zip(job.items, values)])
+            if failure is not None:
+                self._fail(failure)
+                return
+        if not self._stopped:
+            self.fill()
+
+    def _flush(self) -> None:
+        order, done, out = self._order, self._done, []
+        while order and order[0] in done:
+            position = order.popleft()
+            value = done.pop(position)
+            if type(value) is Failure:
+                if out:
+                    self.channel.put_many(out)
+                self._fail(value)
+                return
+            out.append((position, value))
+        if out:
+            self.channel.put_many(out)
+
+    def _fail(self, failure: Failure) -> None:
+        self._stopped = True
+        self.channel.fail(failure.error)
+        self.cancel()
+
+    def _maybe_finish(self) -> None:
+        if self._inflight == 0 and not self._done and not self._finished and not self._stopped:
+            self._finished = True
+            self.channel.finish()
+
+    def cancel(self) -> None:
+        """Stop scheduling; queued jobs are dropped and running ones' results discarded."""
+        if not self.cancelled:
+            self.cancelled = True
+            self._done.clear()
+            self.executor.cancel(self)
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight

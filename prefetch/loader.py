@@ -1,0 +1,441 @@
+"""`Loader`: the public face of the engine — epochs, order, resume, and iteration both ways."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import secrets
+import weakref
+from typing import Any, AsyncIterator, Callable, Generic, Iterator, TypeVar
+
+from .dataset import inspect_dataset, num_batches_of
+from .engine.channel import Channel, EpochEnded
+from .engine.executors import executor_factory, is_dask_client
+from .engine.runtime import Engine
+from .engine.scheduler import ChunkSizer, EpochRun
+from .order import epoch_order, infinite_order, remaining
+from .shard import Shard
+from .stats import Stats
+
+B = TypeVar("B")
+
+_KINDS = ("thread", "process", "async")
+_STATE_VERSION = 1
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+class Loader(Generic[B]):
+    """Runs a dataset's `__getitem__` in parallel, ahead of the training loop.
+
+    Each `for batch in loader` is exactly one epoch: every batch once, in order (or in
+    completion order with `ordered=False`), with `on_epoch_begin` / `on_epoch_end` around
+    it. At most `max_queue_size` batches are in flight or waiting at any time.
+
+    Args:
+        dataset: a `prefetch.PyDataset`, a `keras.utils.PyDataset`, or any object with
+            `__len__` and `__getitem__` (which may be `async def`). Its `workers`,
+            `use_multiprocessing` and `max_queue_size` attributes are the defaults.
+        workers: how many batches are produced at once (threads, processes or coroutines),
+            or `"auto"` to let the loader size it while it runs.
+        use_multiprocessing: with `executor=None`, use processes instead of threads.
+        max_queue_size: bound on batches in flight plus batches ready and not yet taken.
+        executor: `"thread"`, `"process"`, `"async"`, a `concurrent.futures.Executor` or a
+            `distributed.Client`; `None` picks from `use_multiprocessing`. A coroutine
+            `__getitem__` always runs on the event loop.
+        shuffle: a new batch order every epoch, the same sequence of orders for one `seed`.
+        seed: drives `shuffle` and `prefetch.rng()`; random when `None`.
+        ordered: deliver in order (True) or as batches complete (False).
+        shard: this host's `prefetch.Shard` of every epoch.
+        start_method: for process workers, `"forkserver"` (default where available),
+            `"spawn"` or `"fork"` (only when asked: forking a process that runs JAX or torch
+            threads can deadlock).
+
+    Example:
+        >>> import prefetch
+        >>> with prefetch.Loader(list(range(6)), workers=3, shuffle=True, seed=0) as loader:
+        ...     sorted(loader) == list(range(6)), len(loader)
+        (True, 6)
+    """
+
+    def __init__(self, dataset: Any, *, workers: int | str | None = None, use_multiprocessing: bool | None = None,
+                 max_queue_size: int | None = None, executor: Any = None, shuffle: bool = False,
+                 seed: int | None = None, ordered: bool = True, shard: Shard | None = None,
+                 start_method: str | None = None):
+        info = inspect_dataset(dataset)
+        self.auto_workers = workers == "auto"
+        if self.auto_workers:
+            workers = 1
+        workers = _positive_int("workers", info.workers if workers is None else workers)
+        window = _positive_int("max_queue_size", info.max_queue_size if max_queue_size is None else max_queue_size)
+        if use_multiprocessing is None:
+            use_multiprocessing = info.use_multiprocessing
+        kind = executor
+        if kind is None:
+            kind = "process" if use_multiprocessing else "thread"
+        if isinstance(kind, str):
+            if kind not in _KINDS:
+                raise ValueError(f"executor must be one of {_KINDS}, an Executor or a distributed.Client; got {kind!r}")
+        elif not (isinstance(kind, cf.Executor) or is_dask_client(kind)):
+            raise TypeError(f"executor must be one of {_KINDS}, a concurrent.futures.Executor or a "
+                            f"distributed.Client; got {type(kind).__name__}")
+        if kind == "async" and not info.is_async:
+            raise TypeError(f"executor='async' needs an `async def __getitem__`; {type(dataset).__name__}'s is "
+                            "a plain function (use executor='thread' or 'process')")
+        if info.is_async and is_dask_client(kind):
+            raise TypeError("a coroutine __getitem__ runs on the event loop and cannot be sent to dask; "
+                            "make __getitem__ a plain function to use a distributed.Client")
+        if shuffle and info.num_batches is None:
+            raise ValueError("shuffle=True needs a finite dataset; an infinite one must shuffle itself")
+        if shard is not None and not isinstance(shard, Shard):
+            raise TypeError(f"shard must be a prefetch.Shard, got {type(shard).__name__}")
+        if seed is None:
+            seed = secrets.randbits(63)
+        elif isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        if start_method not in (None, "forkserver", "spawn", "fork"):
+            raise ValueError(f"start_method must be 'forkserver', 'spawn' or 'fork', got {start_method!r}")
+        if kind == "process" and not info.is_async:
+            from .engine.executors.processes import check_picklable
+
+            check_picklable(dataset)
+
+        self.dataset = dataset
+        self.workers = workers
+        self.max_queue_size = window
+        self.executor = "async" if info.is_async else kind
+        self.shuffle = bool(shuffle)
+        self.seed = seed
+        self.ordered = bool(ordered)
+        self.shard = shard
+        self.stats = Stats(workers)
+        self._epoch = 0
+        self._prefix = 0  # positions [0, prefix) of the current epoch were delivered ...
+        self._seen: set[int] = set()  # ... and these beyond it (completion order)
+        self._cut = False  # the current epoch was cut short: the next iteration starts the next one
+        # Weak, so a `break` that drops the iterator ends the epoch right away.
+        self._active_ref: Callable[[], _Epoch | None] = lambda: None
+        self._sizer: ChunkSizer | None = None
+        self._autotune = None
+        self._engine = Engine(executor_factory(self.executor, dataset, workers, window=window,
+                                               is_async=info.is_async, start_method=start_method))
+        # The engine never refers back to the loader, so a dropped loader is collected and
+        # this closes its workers (also at interpreter exit).
+        self._finalizer = weakref.finalize(self, self._engine.close)
+
+    # -- sizes -------------------------------------------------------------------------------
+    @property
+    def num_batches(self) -> int | None:
+        """Batches per epoch for this shard, `None` when the dataset is infinite."""
+        n = num_batches_of(self.dataset)
+        if n is None or self.shard is None:
+            return n
+        return self.shard.size(n)
+
+    def __len__(self) -> int:
+        n = self.num_batches
+        if n is None:
+            raise TypeError("an infinite dataset has no len()")
+        return n
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next (or the running) iteration covers, counted from 0."""
+        return self._epoch + 1 if self._cut and self._active is None else self._epoch
+
+    @property
+    def _active(self) -> "_Epoch | None":
+        return self._active_ref()
+
+    @_active.setter
+    def _active(self, epoch: "_Epoch | None") -> None:
+        self._active_ref = (lambda: None) if epoch is None else weakref.ref(epoch)
+
+    # -- iteration --------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[B]:
+        return _SyncEpoch(self)
+
+    def __aiter__(self) -> AsyncIterator[B]:
+        return _AsyncEpoch(self)
+
+    def _plan(self) -> tuple[int, Iterator[tuple[int, int]]]:
+        if self._cut:
+            self._cut = False
+            self._epoch += 1
+            self._prefix = 0
+            self._seen = set()
+        n = num_batches_of(self.dataset)
+        if n is None:
+            order: Any = infinite_order(self.shard)
+        else:
+            order = epoch_order(n, epoch=self._epoch, seed=self.seed, shuffle=self.shuffle,
+                                shard=self.shard).tolist()
+        return self._epoch, remaining(order, self._prefix, frozenset(self._seen))
+
+    def _supersede(self) -> None:
+        if self._active is not None:
+            self._active.abort()
+
+    def _new_run(self, channel: Channel, epoch: int, items: Iterator[tuple[int, int]]) -> EpochRun:
+        """On the engine loop: tell the executor an epoch begins and start scheduling it."""
+        engine = self._engine
+        executor = engine.executor
+        assert executor is not None
+        if self._sizer is None or self._sizer.executor is not executor:
+            self._sizer = ChunkSizer(executor)
+        executor.begin_epoch(epoch)
+        run = EpochRun(executor=executor, items=items, epoch=epoch, seed=self.seed, window=self.max_queue_size,
+                       ordered=self.ordered, channel=channel, sizer=self._sizer, stats=self.stats)
+        if self.auto_workers:
+            from .engine.autotune import AutoTuner
+
+            if self._autotune is None:
+                self._autotune = AutoTuner(executor, self.stats, window=self.max_queue_size)
+            self._autotune.attach(run)
+        engine.launch(run)
+        return run
+
+    def _delivered(self, position: int) -> None:
+        if position == self._prefix:
+            self._prefix = position = position + 1
+            seen = self._seen
+            if seen:
+                while position in seen:
+                    seen.discard(position)
+                    position += 1
+                self._prefix = position
+        else:
+            self._seen.add(position)
+
+    def _epoch_done(self, complete: bool) -> None:
+        if complete:
+            self._epoch += 1
+            self._prefix = 0
+            self._seen = set()
+            self.stats.epochs += 1
+        else:
+            # Progress is kept so state_dict() still says "right after the last delivered
+            # batch"; the next iteration itself starts the next epoch, whole.
+            self._cut = True
+
+    # -- resume -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where iteration stands: the epoch, what of it was delivered, and the seed.
+
+        Feed it to `load_state_dict` of a new Loader over the same dataset (in a new process,
+        after a preemption): its next iteration yields exactly the batches not yet delivered
+        in that epoch, in the same order, then carries on with the following epochs.
+        """
+        return {
+            "version": _STATE_VERSION,
+            "epoch": self._epoch,
+            "position": self._prefix,
+            "delivered_after": sorted(self._seen),
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "num_batches": num_batches_of(self.dataset),
+            "shard": None if self.shard is None else [self.shard.index, self.shard.count, self.shard.pad],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from `state_dict()`; the next iteration continues that epoch."""
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError(f"not a prefetch Loader state (version {_STATE_VERSION}): {state!r}")
+        n = num_batches_of(self.dataset)
+        if state["num_batches"] != n:
+            raise ValueError(f"the state is for a dataset of {state['num_batches']} batches; this one has {n}")
+        shard = None if self.shard is None else [self.shard.index, self.shard.count, self.shard.pad]
+        if state["shard"] != shard and not (state["shard"] in (None, [0, 1, False]) and shard in (None, [0, 1, False])):
+            raise ValueError(f"the state is for shard {state['shard']}; this loader reads shard {shard}")
+        if bool(state["shuffle"]) != self.shuffle:
+            raise ValueError(f"the state was saved with shuffle={state['shuffle']}; this loader has {self.shuffle}")
+        self._supersede()
+        self._cut = False
+        self.seed = int(state["seed"])
+        self._epoch = int(state["epoch"])
+        self._prefix = int(state["position"])
+        self._seen = set(int(p) for p in state["delivered_after"])
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """End every worker, thread and shared-memory segment; the loader cannot iterate after."""
+        self._supersede()
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def __enter__(self) -> "Loader[B]":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Loader({type(self.dataset).__name__}, executor={self.executor!r}, workers={self.workers}, "
+                f"max_queue_size={self.max_queue_size}, shuffle={self.shuffle}, ordered={self.ordered}, "
+                f"epoch={self._epoch})")
+
+
+class _Epoch:
+    """One pass over a loader, sync or async; shared bookkeeping."""
+
+    def __init__(self, loader: Loader):
+        self.loader = loader
+        self.run: EpochRun | None = None
+        self.channel: Channel | None = None
+        self.dead = False
+
+    def _begin(self) -> None:
+        loader = self.loader
+        loader._supersede()
+        loader._active = self
+        loader.stats.epoch_started()
+        hook = getattr(loader.dataset, "on_epoch_begin", None)
+        if hook is not None:
+            hook()
+
+    def _finish(self) -> None:
+        """The epoch's last batch was taken: run `on_epoch_end` and move to the next epoch."""
+        loader = self.loader
+        self.dead = True
+        if loader._active is self:
+            loader._active = None
+            loader._epoch_done(complete=True)
+        hook = getattr(loader.dataset, "on_epoch_end", None)
+        if hook is not None:
+            hook()
+
+    def abort(self) -> None:
+        """Cut the epoch short (break, exception, a newer iteration): nothing is left behind."""
+        if self.dead:
+            return
+        self.dead = True
+        loader = self.loader
+        if loader._active is self:
+            loader._active = None
+            loader._epoch_done(complete=False)
+        if self.run is not None:
+            loader._engine.abort(self.run)
+
+    def __del__(self) -> None:
+        try:
+            self.abort()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
+
+class _SyncEpoch(_Epoch, Iterator[Any]):
+    def __init__(self, loader: Loader):
+        super().__init__(loader)
+        engine = loader._engine
+        lt = engine.prepare_sync()
+        self._alive = lt.alive
+        self._begin()
+        epoch, items = loader._plan()
+        self.channel = Channel(lt.loop, loader.stats)
+        self.run = lt.call(loader._new_run, self.channel, epoch, items)
+
+    def __iter__(self) -> "_SyncEpoch":
+        return self
+
+    def __next__(self) -> Any:
+        if self.dead:
+            raise StopIteration
+        try:
+            position, value = self.channel.get(self._alive)  # type: ignore[union-attr]
+        except EpochEnded:
+            self._finish()
+            raise StopIteration from None
+        except BaseException:
+            self.abort()
+            raise
+        loader = self.loader
+        loader._delivered(position)
+        loader.stats.delivered()
+        return value
+
+    def close(self) -> None:
+        self.abort()
+
+
+class _AsyncEpoch(_Epoch):
+    """`async for`: on the caller's loop under asyncio; bridged from the engine's loop thread
+    under other anyio backends (trio)."""
+
+    def __init__(self, loader: Loader):
+        super().__init__(loader)
+        self._bridged = False
+        self._started = False
+
+    def __aiter__(self) -> "_AsyncEpoch":
+        return self
+
+    async def _start(self) -> None:
+        import sniffio
+
+        loader = self.loader
+        engine = loader._engine
+        self._started = True
+        if sniffio.current_async_library() == "asyncio":
+            loop = await engine.prepare_async()
+            self._begin()
+            epoch, items = loader._plan()
+            self.channel = Channel(loop, loader.stats)
+            self.channel._same_thread = True
+            self.run = loader._new_run(self.channel, epoch, items)
+        else:
+            import anyio.to_thread
+
+            self._bridged = True
+            lt = await anyio.to_thread.run_sync(engine.prepare_sync)
+            self._begin()
+            epoch, items = loader._plan()
+            self.channel = Channel(lt.loop, loader.stats)
+            self.run = lt.call(loader._new_run, self.channel, epoch, items)
+
+    async def __anext__(self) -> Any:
+        if not self._started:
+            await self._start()
+        if self.dead:
+            raise StopAsyncIteration
+        channel = self.channel
+        assert channel is not None
+        try:
+            if self._bridged:
+                if not channel.items:
+                    await self._bridge_wait(channel)
+                position, value = channel.get()
+            else:
+                position, value = await channel.aget()
+        except EpochEnded:
+            self._finish()
+            raise StopAsyncIteration from None
+        except BaseException:
+            self.abort()
+            raise
+        loader = self.loader
+        loader._delivered(position)
+        loader.stats.delivered()
+        return value
+
+    async def _bridge_wait(self, channel: Channel) -> None:
+        import anyio.to_thread
+        from time import perf_counter
+
+        t0 = perf_counter()
+        while not channel.items:
+            if channel.closed:
+                raise RuntimeError("prefetch: the loader was closed while a batch was awaited")
+            # Waits without taking, so an abandoned (cancelled) wait can never lose a batch.
+            await anyio.to_thread.run_sync(channel.wait_ready, 0.25, abandon_on_cancel=True)
+        self.loader.stats.add_wait(perf_counter() - t0)
+
+    async def aclose(self) -> None:
+        self.abort()
