@@ -106,7 +106,7 @@ class ThreadExecutor(Executor):
             post((job, values, failure, elapsed))
             del job, values, failure  # do not pin the last batch while idle
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 1.0) -> None:
         if self._closed:
             return
         self._closed = True

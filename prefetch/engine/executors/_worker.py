@@ -1,0 +1,126 @@
+"""The main function of a process worker: unpickle the dataset once, then run jobs until told
+to stop (or until the parent is gone).
+
+Kept free of the rest of the engine so the forkserver can preload it cheaply.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import signal
+import socket
+import threading
+import time
+import traceback
+from time import perf_counter
+from typing import Any
+
+from ...randomness import enter_batch, exit_batch, seed_worker_globals
+from ..shm import ControlBlock, encode, recv_fds
+
+# message kinds (small ints: they cross the pipe with every job)
+RUN, FDS, CTRL, FORGET, SYNC, REPLACE, STOP = range(7)
+DONE, READY, FATAL = range(3)
+
+
+def describe_failure(position: int, index: int, exc: BaseException) -> tuple:
+    """An exception as data the main process can rebuild with its own type."""
+    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        blob = pickle.dumps(exc, protocol=5)
+        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt: find out here
+    except Exception:  # noqa: BLE001
+        blob = None
+    cls = type(exc)
+    return (position, index, blob, cls.__module__, cls.__qualname__, str(exc), tb_text)
+
+
+def _watch_parent(parent: int) -> None:
+    # A worker busy in a long __getitem__ would not notice its parent's death until the
+    # next message; this makes an orphan exit within half a second instead.
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def main(conn: Any, slot: int, payload: bytes) -> None:
+    """Worker process entry point (run by multiprocessing)."""
+    # Ctrl-C reaches the whole process group; the parent decides what happens, not us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    sock = socket.socket(fileno=os.dup(conn.fileno()))  # for the fds riding along messages
+    send = conn.send_bytes
+    try:
+        dataset = pickle.loads(payload)
+    except BaseException as exc:  # noqa: BLE001 - reported, then this worker ends
+        send(pickle.dumps((FATAL, describe_failure(-1, -1, exc)), protocol=5))
+        return
+    del payload
+    send(pickle.dumps((READY, os.getpid()), protocol=5))
+
+    segments: dict[int, tuple[mmap.mmap, int]] = {}
+    ctrl = None
+    seeded_epoch = None
+    recv = conn.recv_bytes
+    loads, dumps = pickle.loads, pickle.dumps
+    while True:
+        try:
+            msg = loads(recv())
+        except (EOFError, OSError):
+            return  # the parent is gone
+        kind = msg[0]
+        if kind == RUN:
+            _, job_id, epoch, seed, items, segs = msg
+            if epoch != seeded_epoch:
+                seed_worker_globals(seed, epoch, slot)
+                seeded_epoch = epoch
+            results = []
+            failure = None
+            t0 = perf_counter()
+            for (position, index), seg_id in zip(items, segs):
+                if ctrl is not None:
+                    ctrl.slots[slot] = index
+                token = enter_batch(seed, epoch, index)
+                try:
+                    value = dataset[index]
+                    mm, size = segments[seg_id] if seg_id is not None else (None, 0)
+                    results.append(encode(value, mm, size))
+                except BaseException as exc:  # noqa: BLE001 - delivered to the consumer
+                    failure = describe_failure(position, index, exc)
+                    break
+                finally:
+                    exit_batch(token)
+                    value = None
+            elapsed = perf_counter() - t0
+            if ctrl is not None:
+                ctrl.slots[slot] = -1
+            send(dumps((DONE, job_id, results, failure, elapsed), protocol=5))
+            del results
+        elif kind == FDS:
+            specs = msg[1]
+            fds = recv_fds(sock, len(specs))
+            for (seg_id, size), fd in zip(specs, fds):
+                segments[seg_id] = (mmap.mmap(fd, size), size)
+                os.close(fd)  # the mapping keeps the memory
+        elif kind == CTRL:
+            (fd,) = recv_fds(sock, 1)
+            ctrl = ControlBlock(msg[1], fd=fd)
+        elif kind == FORGET:
+            for seg_id in msg[1]:
+                entry = segments.pop(seg_id, None)
+                if entry is not None:
+                    entry[0].close()
+        elif kind == SYNC:
+            changed, removed = msg[1], msg[2]
+            state = vars(dataset)  # the instance dict itself, as the main process diffed it
+            for name, blob in changed.items():
+                state[name] = loads(blob)
+            for name in removed:
+                state.pop(name, None)
+        elif kind == REPLACE:
+            dataset = loads(msg[1])
+        elif kind == STOP:
+            return

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+
+import psutil
+import pytest
+
+
+def _prefetch_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("prefetch"))
+
+
+def _children() -> set[int]:
+    # The forkserver and the resource tracker are multiprocessing's own shared helpers, started
+    # once per interpreter and ended with it; they are not workers of ours.
+    out = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+            # (workers forked by the server inherit its command line, but not its parent)
+            helper = "multiprocessing.forkserver" in cmd or "multiprocessing.resource_tracker" in cmd
+            if helper and p.ppid() == os.getpid():
+                continue
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        out.add(p.pid)
+    return out
+
+
+def _shm() -> set[str]:
+    # Only our own names: /dev/shm is machine-wide, and other programs (a concurrent test run,
+    # torch's DataLoader, multiprocessing's semaphores) come and go there.
+    try:
+        return {name for name in os.listdir("/dev/shm") if "prefetch" in name}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture
+def no_leaks():
+    """Nothing left behind: no prefetch thread, no child process, no /dev/shm entry."""
+    gc.collect()
+    threads, children, shm = _prefetch_threads(), _children(), _shm()
+    yield
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if _prefetch_threads() == threads and _children() <= children and _shm() <= shm:
+            break
+        time.sleep(0.05)
+    assert _prefetch_threads() == threads
+    assert _children() <= children, f"child processes left: {_children() - children}"
+    assert _shm() <= shm, f"/dev/shm entries left: {_shm() - shm}"
