@@ -365,6 +365,17 @@ class _SyncEpoch(_Epoch, Iterator[Any]):
         self.abort()
 
 
+def _on_asyncio() -> bool:
+    """Whether the caller runs on an asyncio loop (else another anyio backend, e.g. trio)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class _AsyncEpoch(_Epoch):
     """`async for`: on the caller's loop under asyncio; bridged from the engine's loop thread
     under other anyio backends (trio)."""
@@ -378,12 +389,10 @@ class _AsyncEpoch(_Epoch):
         return self
 
     async def _start(self) -> None:
-        import sniffio
-
         loader = self.loader
         engine = loader._engine
         self._started = True
-        if sniffio.current_async_library() == "asyncio":
+        if _on_asyncio():
             loop = await engine.prepare_async()
             self._begin()
             epoch, items = loader._plan()
