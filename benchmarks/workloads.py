@@ -172,3 +172,15 @@ DATASETS = {
 
 def make_dataset(kind: str, n: int, **params) -> object:
     return DATASETS[kind](n, **params)
+
+
+class FreshArrayInPlace(FreshArray):
+    """FreshArray built with `prefetch.empty`: a process worker writes the batch straight into
+    shared memory (prefetch only; elsewhere it is numpy.empty)."""
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        import prefetch
+
+        out = prefetch.empty(self.shape, dtype=np.float32)
+        out.fill(i)
+        return out

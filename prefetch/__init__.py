@@ -16,12 +16,31 @@ Example:
     ...     pass
 """
 
+from typing import TYPE_CHECKING, Any
+
+from .batchmem import empty
 from .dataset import PyDataset
 from .errors import WorkerError
-from .loader import Loader
 from .randomness import rng
 from .shard import Shard
-from .stats import Stats
 
-__all__ = ["Loader", "PyDataset", "Shard", "Stats", "WorkerError", "rng"]
+if TYPE_CHECKING:
+    from .loader import Loader
+    from .stats import Stats
+
+__all__ = ["Loader", "PyDataset", "Shard", "Stats", "WorkerError", "empty", "rng"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The Loader (and its event-loop machinery) loads on first use, so a process worker —
+    # which imports prefetch only to run __getitem__ — starts without it.
+    if name == "Loader":
+        from .loader import Loader
+
+        return Loader
+    if name == "Stats":
+        from .stats import Stats
+
+        return Stats
+    raise AttributeError(f"module 'prefetch' has no attribute {name!r}")

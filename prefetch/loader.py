@@ -122,8 +122,11 @@ class Loader(Generic[B]):
         self._active_ref: Callable[[], _Epoch | None] = lambda: None
         self._sizer: ChunkSizer | None = None
         self._autotune = None
-        self._engine = Engine(executor_factory(self.executor, dataset, workers, window=window,
-                                               is_async=info.is_async, start_method=start_method))
+        make = executor_factory(self.executor, dataset, workers, window=window, is_async=info.is_async,
+                                start_method=start_method)
+        self._engine = Engine(make)
+        if getattr(make, "blocks", False):
+            self._engine.start_soon()  # processes boot while the caller builds its model
         # The engine never refers back to the loader, so a dropped loader is collected and
         # this closes its workers (also at interpreter exit).
         self._finalizer = weakref.finalize(self, self._engine.close)

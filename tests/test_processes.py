@@ -132,6 +132,7 @@ def test_unimportable_dataset_in_worker_is_a_clear_error():
         prefetch.Loader(Local(3), executor="process")
 
 
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # fork is asked for on purpose
 @pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
 def test_every_start_method_works(method):
     with prefetch.Loader(Arrays(8), workers=2, executor="process", start_method=method) as loader:
@@ -225,7 +226,31 @@ def test_nothing_in_dev_shm_even_while_running():
 def test_futures_process_pool_executor_is_accepted():
     import concurrent.futures as cf
 
-    with cf.ProcessPoolExecutor(2) as pool:
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(2, mp_context=mp.get_context("forkserver")) as pool:
         with prefetch.Loader(Indices(20), executor=pool, max_queue_size=6) as loader:
             assert list(loader) == list(range(20))
             assert list(loader) == list(range(20))
+
+
+def test_batches_built_with_prefetch_empty_cross_without_a_copy(no_leaks):
+    from helpers import InPlace
+
+    with prefetch.Loader(InPlace(12), workers=2, executor="process", max_queue_size=4) as loader:
+        for epoch in range(2):
+            for i, (x, tag) in enumerate(loader):
+                assert (x == i).all() and tag == i
+                if epoch == 1:
+                    assert _is_shared(x)
+        # the worker wrote into the segment itself: nothing was copied after the first batches
+        assert loader._engine.executor.pool.size_hint >= x.nbytes
+
+
+def test_prefetch_empty_is_plain_numpy_outside_process_workers():
+    from helpers import InPlace
+
+    ds = InPlace(3)
+    assert [int(x[0, 0]) for x, _ in ds] == [0, 1, 2]
+    with prefetch.Loader(ds, workers=2) as loader:
+        assert [int(x[0, 0]) for x, _ in loader] == [0, 1, 2]

@@ -31,6 +31,7 @@ class Engine:
         self.run: EpochRun | None = None
         self.closed = False
         self._lock = threading.Lock()
+        self._starter: threading.Thread | None = None
 
     def _check_open(self) -> None:
         if self.closed:
@@ -41,9 +42,26 @@ class Engine:
             self._check_open()
             if self.executor is None:
                 executor = self._make_executor()
-                executor.start()
+                try:
+                    executor.start()
+                except BaseException:
+                    executor.close()  # what did start (a few processes, say) ends now
+                    raise
                 self.executor = executor
             return self.executor
+
+    def start_soon(self) -> None:
+        """Start the executor in the background now (process workers take a while to boot),
+        so they are ready by the first epoch; an error there resurfaces at that epoch."""
+
+        def start() -> None:
+            try:
+                self.ensure_executor()
+            except BaseException:  # noqa: BLE001 - the first epoch retries and raises it
+                pass
+
+        self._starter = threading.Thread(target=start, name="prefetch-start", daemon=True)
+        self._starter.start()
 
     def ensure_thread(self) -> LoopThread:
         with self._lock:
@@ -133,6 +151,9 @@ class Engine:
     # -- shutting down ------------------------------------------------------------------------
     def close(self) -> None:
         """End the current epoch, every worker and the loop thread; idempotent, any thread."""
+        starter = self._starter
+        if starter is not None and starter is not threading.current_thread():
+            starter.join()  # the executor it may be creating must be closed too
         with self._lock:
             if self.closed:
                 return

@@ -162,15 +162,20 @@ def recv_fds(sock: socket.socket, n: int) -> list[int]:
 
 
 # -- batches ---------------------------------------------------------------------------------------
-def encode(value: Any, mm: mmap.mmap | None, capacity: int) -> tuple[bytes, list[tuple[int, int]], int]:
-    """Pickle `value`; large contiguous buffers go into `mm` (when they fit) instead.
+def encode(value: Any, segment: np.ndarray | None, arena: list | None = None) -> tuple[bytes, list[tuple[int, int]], int]:
+    """Pickle `value`; its large contiguous buffers go into `segment` instead.
 
-    Returns (pickle bytes, [(offset, nbytes)] of the out-of-band buffers in order, bytes the
-    large buffers needed in all — so the main process can size the next segments).
+    Buffers already inside `segment` (made by `prefetch.empty`, `arena` = [segment, bytes
+    allocated, bytes that did not fit]) are referenced where they are; others are copied
+    after the allocated part when they fit. Returns (pickle bytes, [(offset, nbytes)] of the
+    out-of-band buffers in order, bytes the batch needed in all — so the main process can
+    size the next segments).
     """
     placed: list[tuple[int, int]] = []
-    offset = 0
-    needed = 0
+    offset = arena[1] if arena is not None else 0
+    needed = offset + (arena[2] if arena is not None else 0)
+    capacity = segment.nbytes if segment is not None else 0
+    base = segment.ctypes.data if segment is not None else 0
 
     def place(buf: pickle.PickleBuffer) -> bool:
         nonlocal offset, needed
@@ -181,11 +186,16 @@ def encode(value: Any, mm: mmap.mmap | None, capacity: int) -> tuple[bytes, list
         n = raw.nbytes
         if n < MIN_SHARED:
             return True
+        src = np.frombuffer(raw, dtype=np.uint8)
+        at = src.ctypes.data - base
+        if segment is not None and 0 <= at and at + n <= capacity:
+            placed.append((at, n))  # made in place by prefetch.empty: nothing to copy
+            return False
         needed = _align(needed) + n
         start = _align(offset)
-        if mm is None or start + n > capacity:
+        if segment is None or start + n > capacity:
             return True  # in-band this time; `needed` makes the next segments big enough
-        mm[start:start + n] = raw
+        np.copyto(segment[start:start + n], src)
         placed.append((start, n))
         offset = start + n
         return False
@@ -200,7 +210,7 @@ def decode(data: bytes, seg: Segment | None, placed: list[tuple[int, int]],
     if not placed:
         return pickle.loads(data)
     assert seg is not None
-    end = placed[-1][0] + placed[-1][1]
+    end = max(o + n for o, n in placed)
     # One holder per batch: numpy collapses view chains to the first array that owns or
     # borrows memory from a non-array, so every array of the batch keeps `holder` alive.
     holder = np.frombuffer(seg.mm, dtype=np.uint8, count=end)

@@ -27,7 +27,7 @@ from typing import Any
 
 from ...errors import WorkerError, annotate, describe_exit
 from .. import shm
-from . import _worker as W
+from .. import worker as W
 from .base import Executor, Failure, Job
 
 _DEPTH = 2  # jobs queued per worker, so it never idles for a round trip
@@ -173,7 +173,7 @@ class ProcessExecutor(Executor):
         self._payload = pickle.dumps(self.dataset, protocol=5)
         if self.start_method == "forkserver":
             # Workers fork from a server that already imported the worker module and numpy.
-            self.ctx.set_forkserver_preload(["prefetch.engine.executors._worker"])
+            self.ctx.set_forkserver_preload(["prefetch.engine.worker"])
         for slot in range(self.workers):
             self._spawn(slot)
 

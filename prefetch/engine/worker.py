@@ -17,8 +17,11 @@ import traceback
 from time import perf_counter
 from typing import Any
 
-from ...randomness import enter_batch, exit_batch, seed_worker_globals
-from ..shm import ControlBlock, encode, recv_fds
+import numpy as np
+
+from .. import batchmem
+from ..randomness import enter_batch, exit_batch, seed_worker_globals
+from .shm import ControlBlock, encode, recv_fds
 
 # message kinds (small ints: they cross the pipe with every job)
 RUN, FDS, CTRL, FORGET, SYNC, REPLACE, STOP = range(7)
@@ -61,7 +64,7 @@ def main(conn: Any, slot: int, payload: bytes) -> None:
     del payload
     send(pickle.dumps((READY, os.getpid()), protocol=5))
 
-    segments: dict[int, tuple[mmap.mmap, int]] = {}
+    segments: dict[int, tuple[mmap.mmap, np.ndarray]] = {}
     ctrl = None
     seeded_epoch = None
     recv = conn.recv_bytes
@@ -84,14 +87,16 @@ def main(conn: Any, slot: int, payload: bytes) -> None:
                 if ctrl is not None:
                     ctrl.slots[slot] = index
                 token = enter_batch(seed, epoch, index)
+                segment = segments[seg_id][1] if seg_id is not None else None
+                arena = batchmem.enter(segment)
                 try:
                     value = dataset[index]
-                    mm, size = segments[seg_id] if seg_id is not None else (None, 0)
-                    results.append(encode(value, mm, size))
+                    results.append(encode(value, segment, batchmem.state()))
                 except BaseException as exc:  # noqa: BLE001 - delivered to the consumer
                     failure = describe_failure(position, index, exc)
                     break
                 finally:
+                    batchmem.leave(arena)
                     exit_batch(token)
                     value = None
             elapsed = perf_counter() - t0
@@ -103,7 +108,8 @@ def main(conn: Any, slot: int, payload: bytes) -> None:
             specs = msg[1]
             fds = recv_fds(sock, len(specs))
             for (seg_id, size), fd in zip(specs, fds):
-                segments[seg_id] = (mmap.mmap(fd, size), size)
+                mm = mmap.mmap(fd, size)
+                segments[seg_id] = (mm, np.frombuffer(mm, dtype=np.uint8))
                 os.close(fd)  # the mapping keeps the memory
         elif kind == CTRL:
             (fd,) = recv_fds(sock, 1)
@@ -112,7 +118,12 @@ def main(conn: Any, slot: int, payload: bytes) -> None:
             for seg_id in msg[1]:
                 entry = segments.pop(seg_id, None)
                 if entry is not None:
-                    entry[0].close()
+                    mm = entry[0]
+                    del entry
+                    try:
+                        mm.close()
+                    except BufferError:  # a prefetch.empty array the dataset kept: its to keep
+                        pass
         elif kind == SYNC:
             changed, removed = msg[1], msg[2]
             state = vars(dataset)  # the instance dict itself, as the main process diffed it
