@@ -19,8 +19,8 @@ from typing import Any
 
 STALL = 0.05  # the consumer waiting more than this share of the time wants more workers
 GAIN = 1.08  # a change must raise the rate by 8% to be kept
-INTERVAL = 0.25  # seconds per measurement (longer when batches are slow: at least MIN_BATCHES)
-MIN_BATCHES = 24
+INTERVAL = 0.1  # seconds per measurement (longer when batches are slow: at least MIN_BATCHES)
+MIN_BATCHES = 16
 RESTLESS = 4  # settled, this many stalled intervals in a row start a new climb
 
 

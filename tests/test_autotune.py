@@ -1,0 +1,66 @@
+"""workers="auto": grows while the consumer waits, stops where more workers stop paying."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from helpers import Indices
+
+import prefetch
+
+
+class GilBound(Indices):
+    """Pure-Python work holding the GIL: extra threads cannot help."""
+
+    def __getitem__(self, i):
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.002:
+            pass
+        return i
+
+
+def _changes(loader):
+    return [w for _, w in loader.stats.as_dict()["worker_changes"]]
+
+
+@pytest.mark.timeout(90)
+def test_auto_grows_threads_for_io_bound_batches_and_settles():
+    with prefetch.Loader(Indices(6000, delay=0.005), workers="auto", max_queue_size=32) as loader:
+        assert list(loader) == list(range(6000))
+        tuner = loader._autotune
+        assert tuner.state == "settled"
+        assert loader.stats.workers >= 16  # 1 worker makes ~190 batches/s; the consumer wanted more
+        # settled, it stays put: the last part of the run saw no change of workers
+        t_last_change = loader.stats.as_dict()["worker_changes"][-1][0]
+        assert loader.stats.elapsed_s - t_last_change > 0.3
+        counts = _changes(loader)
+        assert counts[0] == 1 and max(counts) <= 32
+
+
+@pytest.mark.timeout(90)
+def test_auto_does_not_add_threads_that_do_not_help():
+    with prefetch.Loader(GilBound(1500), workers="auto", max_queue_size=32) as loader:
+        assert len(list(loader)) == 1500
+        assert loader.stats.workers <= 2
+        assert loader._autotune.state == "settled"
+        assert len(_changes(loader)) <= 4  # at most: up, back, (and once more up/back): no see-saw
+
+
+@pytest.mark.timeout(90)
+def test_auto_leaves_workers_alone_when_the_consumer_is_the_bottleneck():
+    with prefetch.Loader(Indices(300, delay=0.0005), workers="auto", max_queue_size=16) as loader:
+        for _ in loader:
+            time.sleep(0.003)  # training is slower than the data
+        assert loader.stats.workers == 1
+        assert loader.stats.stall_fraction < 0.2
+
+
+@pytest.mark.timeout(120)
+def test_auto_resizes_a_process_pool(no_leaks):
+    from helpers import Pid
+
+    with prefetch.Loader(Pid(1200, delay=0.01), workers="auto", executor="process", max_queue_size=16) as loader:
+        pids = set(loader)
+        assert loader.stats.workers >= 2
+        assert len(pids) >= 2
