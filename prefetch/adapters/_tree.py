@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections import deque
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -36,3 +37,25 @@ def map_structure(fn: Callable[[Any], Any], batch: Any) -> Any:
     if isinstance(batch, list):
         return [map_structure(fn, v) for v in batch]
     return fn(batch)
+
+
+def converted_ahead(loader: Any, convert: Callable[[Any], Any], depth: int) -> Iterator[Any]:
+    """One epoch of `loader`, each batch passed through `convert` `depth` batches ahead of use.
+
+    Converting ahead issues device transfers for the next batches before the current one is
+    handed out, so they overlap the training step. A `break` in the training loop ends the
+    loader's epoch now, not at garbage collection, so the next epoch starts clean and whole.
+    """
+    epoch = iter(loader)
+    try:
+        ahead: deque[Any] = deque()
+        for batch in epoch:
+            ahead.append(convert(batch))
+            if len(ahead) > depth:
+                yield ahead.popleft()
+        while ahead:
+            yield ahead.popleft()
+    finally:
+        close = getattr(epoch, "close", None)
+        if close is not None:
+            close()

@@ -14,12 +14,11 @@ dicts and registered pytrees are kept; `None` stays `None`):
 
 from __future__ import annotations
 
-import collections
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
-from ._tree import is_array_leaf
+from ._tree import converted_ahead, is_array_leaf
 
 if TYPE_CHECKING:
     import jax
@@ -71,22 +70,7 @@ class JaxBatches:
         return jax.tree_util.tree_unflatten(treedef, leaves)
 
     def __iter__(self) -> Iterator[Any]:
-        epoch = iter(self.loader)
-        try:
-            ahead: collections.deque[Any] = collections.deque()
-            for batch in epoch:
-                # Transfers for the next `device_prefetch` batches are issued before the
-                # current one is handed out, so they overlap the training step.
-                ahead.append(self.put(batch))
-                if len(ahead) > self.device_prefetch:
-                    yield ahead.popleft()
-            while ahead:
-                yield ahead.popleft()
-        finally:
-            # A `break` ends the loader's epoch now, so the next epoch starts clean and whole.
-            close = getattr(epoch, "close", None)
-            if close is not None:
-                close()
+        return converted_ahead(self.loader, self.put, self.device_prefetch)
 
     def __repr__(self) -> str:
         return f"JaxBatches({self.loader!r}, device_prefetch={self.device_prefetch}, sharding={self.sharding!r})"

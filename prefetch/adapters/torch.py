@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
-from ._tree import is_array_leaf, map_structure
+from ._tree import converted_ahead, is_array_leaf, map_structure
 
 if TYPE_CHECKING:
     import torch
@@ -111,28 +111,7 @@ class TorchBatches:
         return map_structure(move, tensors)
 
     def __iter__(self) -> Iterator[Any]:
-        epoch = iter(self.loader)
-        try:
-            if not self._transfer:
-                for batch in epoch:
-                    yield self._convert(batch)
-                return
-            ahead = None
-            have = False
-            for batch in epoch:
-                # Issue batch k+1's copy before handing out batch k.
-                nxt = self._convert(batch)
-                if have:
-                    yield ahead
-                ahead, have = nxt, True
-            if have:
-                yield ahead
-        finally:
-            # A `break` in the training loop ends the loader's epoch now, not at garbage
-            # collection, so the next epoch starts clean and whole.
-            close = getattr(epoch, "close", None)
-            if close is not None:
-                close()
+        return converted_ahead(self.loader, self._convert, 1 if self._transfer else 0)
 
     def __repr__(self) -> str:
         return f"TorchBatches({self.loader!r}, device={self.device}, pin_memory={self.pin_memory})"
