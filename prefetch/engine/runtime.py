@@ -153,7 +153,7 @@ class Engine:
         """End the current epoch, every worker and the loop thread; idempotent, any thread."""
         starter = self._starter
         if starter is not None and starter is not threading.current_thread():
-            starter.join()  # the executor it may be creating must be closed too
+            starter.join(30)  # the executor it may be creating must be closed too
         with self._lock:
             if self.closed:
                 return
