@@ -216,6 +216,7 @@ class Loader(Generic[B]):
             self._seen.add(position)
 
     def _epoch_done(self, complete: bool) -> None:
+        self.stats.epoch_ended()
         if complete:
             self._epoch += 1
             self._prefix = 0

@@ -45,8 +45,10 @@ class Stats:
         self.wait_s = 0.0
         self.waits = 0
         self._wait_samples: deque[float] = deque(maxlen=_KEEP)
-        self.first_batch_s: float | None = None
+        self.first_batch_s: float | None = None  # of the latest epoch, from its start
         self._epoch_started: float | None = None
+        self._iterating_since: float | None = None
+        self._iterated_s = 0.0  # time inside epochs, finished ones
         # engine side
         self.getitems = 0
         self.busy_s = 0.0
@@ -57,7 +59,12 @@ class Stats:
 
     # -- recording ------------------------------------------------------------------------------
     def epoch_started(self) -> None:
-        self._epoch_started = perf_counter()
+        self._epoch_started = self._iterating_since = perf_counter()
+
+    def epoch_ended(self) -> None:
+        if self._iterating_since is not None:
+            self._iterated_s += perf_counter() - self._iterating_since
+            self._iterating_since = None
 
     def delivered(self) -> None:
         self.batches += 1
@@ -95,9 +102,15 @@ class Stats:
         return perf_counter() - self.started
 
     @property
+    def iterating_s(self) -> float:
+        """Time spent inside epochs (from each iteration's start to its end)."""
+        since = self._iterating_since
+        return self._iterated_s + (perf_counter() - since if since is not None else 0.0)
+
+    @property
     def stall_fraction(self) -> float:
-        """Share of the loader's lifetime the consumer spent waiting for data."""
-        return self.wait_s / max(self.elapsed_s, 1e-9)
+        """Share of the iterating time the consumer spent waiting for data (the input stall)."""
+        return min(1.0, self.wait_s / max(self.iterating_s, 1e-9))
 
     @property
     def wait_per_batch_s(self) -> float:
@@ -110,7 +123,7 @@ class Stats:
     @property
     def utilisation(self) -> float:
         """Busy time of the workers over their available time (1.0 = always busy)."""
-        return self.busy_s / max(self.elapsed_s * max(self.workers, 1), 1e-9)
+        return min(1.0, self.busy_s / max(self.iterating_s * max(self.workers, 1), 1e-9))
 
     def timeline(self) -> list[tuple[float, int, int]]:
         """(seconds since start, batches in flight, batches ready) samples."""
@@ -121,6 +134,7 @@ class Stats:
             "batches": self.batches,
             "epochs": self.epochs,
             "elapsed_s": self.elapsed_s,
+            "iterating_s": self.iterating_s,
             "wait_s": self.wait_s,
             "wait_per_batch_s": self.wait_per_batch_s,
             "wait_p95_s": _percentile(list(self._wait_samples), 0.95) or 0.0,
@@ -141,6 +155,6 @@ class Stats:
             return "-" if v is None else f"{v * 1e3:.2f} ms"
 
         return (f"Stats(batches={self.batches}, epochs={self.epochs}, "
-                f"waited={self.wait_s:.3f} s ({self.stall_fraction:.0%} of {self.elapsed_s:.1f} s, "
+                f"waited={self.wait_s:.3f} s ({self.stall_fraction:.0%} of {self.iterating_s:.1f} s iterating, "
                 f"{ms(self.wait_per_batch_s)}/batch), getitem p50={ms(self.latency(0.5))} "
                 f"p95={ms(self.latency(0.95))}, workers={self.workers}, utilisation={self.utilisation:.0%})")
