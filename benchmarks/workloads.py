@@ -159,21 +159,6 @@ class SmallArrays:
         return np.full((64, 64), i, dtype=np.float32)
 
 
-DATASETS = {
-    "noop": Noop,
-    "sleep": Sleep,
-    "async_sleep": AsyncSleep,
-    "numpy_sort": NumpySort,
-    "py_loop": PyLoop,
-    "fresh_array": FreshArray,
-    "small_arrays": SmallArrays,
-}
-
-
-def make_dataset(kind: str, n: int, **params) -> object:
-    return DATASETS[kind](n, **params)
-
-
 class FreshArrayInPlace(FreshArray):
     """FreshArray built with `prefetch.empty`: a process worker writes the batch straight into
     shared memory (prefetch only; elsewhere it is numpy.empty)."""
@@ -184,3 +169,19 @@ class FreshArrayInPlace(FreshArray):
         out = prefetch.empty(self.shape, dtype=np.float32)
         out.fill(i)
         return out
+
+
+DATASETS = {
+    "noop": Noop,
+    "sleep": Sleep,
+    "async_sleep": AsyncSleep,
+    "numpy_sort": NumpySort,
+    "py_loop": PyLoop,
+    "fresh_array": FreshArray,
+    "fresh_array_inplace": FreshArrayInPlace,
+    "small_arrays": SmallArrays,
+}
+
+
+def make_dataset(kind: str, n: int, **params) -> object:
+    return DATASETS[kind](n, **params)
