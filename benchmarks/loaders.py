@@ -539,31 +539,10 @@ def _read_rollup(pid: int) -> tuple[int, int]:
 
 
 def _process_tree(root: int) -> list[int]:
-    """`root` and all its live descendants (psutil when installed, else a /proc scan)."""
-    try:
-        import psutil
+    """`root` and all its descendants (prefetch's bench CLI walks the tree the same way)."""
+    from prefetch.bench import process_tree
 
-        try:
-            return [root] + [c.pid for c in psutil.Process(root).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-    except ImportError:
-        pass
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, ()))
-    return tree
+    return process_tree(root)
 
 
 class TreeSampler(threading.Thread):

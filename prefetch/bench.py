@@ -328,7 +328,7 @@ def cell_main(argv: list[str]) -> None:
 # Runner side
 # ---------------------------------------------------------------------------------------------
 
-def _tree(root: int) -> list[int]:
+def process_tree(root: int) -> list[int]:
     """`root` and its live descendants: psutil when installed, else a scan of /proc."""
     try:
         import psutil
@@ -388,7 +388,7 @@ class _TreeMemory(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.is_set():
-            pids = _tree(self.pid)
+            pids = process_tree(self.pid)
             if not pids:
                 return
             self.peak_kib = max(self.peak_kib, sum(_rss_kib(p) for p in pids))
