@@ -392,10 +392,9 @@ LOADERS: dict[str, Any] = {
 # ---------------------------------------------------------------------------------------------
 
 def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else ""
-    out = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-    return out if len(out) <= 120 else out[:117] + "..."
+    from prefetch.bench import short_error
+
+    return short_error(e)
 
 
 def _first_value(b: Any) -> Any:
@@ -419,17 +418,10 @@ def _maxrss_children_mib() -> float:
 
 
 def _hwm_self_mib() -> float | None:
-    """This process's exact peak RSS. Not getrusage(RUSAGE_SELF).ru_maxrss: on Linux that
-    survives exec, so a cell would inherit the runner's peak; VmHWM is the peak of this
-    address space alone."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    """This process's exact peak RSS (the bench CLI measures it the same way)."""
+    from prefetch.bench import peak_rss_mib
+
+    return peak_rss_mib()
 
 
 def cell_main(spec: dict) -> None:

@@ -106,7 +106,8 @@ def _tail(text: str, lines: int = 12) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def _short(e: BaseException) -> str:
+def short_error(e: BaseException) -> str:
+    """`Type: first line of the message`, short enough for a table cell."""
     first = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {first}"[:160]
 
@@ -263,7 +264,7 @@ def _run_loader(ds: Any, spec: dict, meter_for: Callable[..., _Meter]) -> dict:
     return out
 
 
-def _hwm_mib() -> float | None:
+def peak_rss_mib() -> float | None:
     """This process's exact peak RSS (VmHWM; not ru_maxrss, which survives exec on Linux)."""
     try:
         with open("/proc/self/status") as f:
@@ -315,8 +316,8 @@ def cell_main(argv: list[str]) -> None:
     except TargetError as e:
         out.update(error=str(e), error_kind="target")
     except BaseException as e:  # noqa: BLE001 - any failure is this setting's result
-        out["error"] = _short(e)
-    out["hwm_mib"] = _hwm_mib()
+        out["error"] = short_error(e)
+    out["hwm_mib"] = peak_rss_mib()
     send("R", out)
     chan.flush()
     sys.stdout.flush()

@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator, Callable, Generic, Iterator, TypeVar
 from .dataset import inspect_dataset, num_batches_of
 from .engine.channel import Channel, EpochEnded
 from .engine.executors import executor_factory, is_dask_client
+from .engine.loop import running_loop
 from .engine.runtime import Engine
 from .engine.scheduler import ChunkSizer, EpochRun
 from .order import epoch_order, infinite_order, remaining
@@ -100,10 +101,11 @@ class Loader(Generic[B]):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
         if start_method not in (None, "forkserver", "spawn", "fork"):
             raise ValueError(f"start_method must be 'forkserver', 'spawn' or 'fork', got {start_method!r}")
+        snapshot = None
         if kind == "process" and not info.is_async:
-            from .engine.executors.processes import check_picklable
+            from .engine.executors.processes import Snapshot
 
-            check_picklable(dataset)
+            snapshot = Snapshot(dataset)  # fails here, naming what does not pickle
 
         self.dataset = dataset
         self.workers = workers
@@ -123,7 +125,7 @@ class Loader(Generic[B]):
         self._sizer: ChunkSizer | None = None
         self._autotune = None
         make = executor_factory(self.executor, dataset, workers, window=window, is_async=info.is_async,
-                                start_method=start_method)
+                                start_method=start_method, snapshot=snapshot)
         self._engine = Engine(make)
         if getattr(make, "blocks", False):
             self._engine.start_soon()  # processes boot while the caller builds its model
@@ -316,6 +318,21 @@ class _Epoch:
         if hook is not None:
             hook()
 
+    def _open(self, loop: Any, on_loop: Callable[..., Any], same_thread: bool = False) -> None:
+        """Begin the epoch (hooks, in the consumer's thread) and start scheduling it on `loop`;
+        `on_loop(fn, *args)` runs `fn` on that loop's thread."""
+        self._begin()
+        loader = self.loader
+        epoch, items = loader._plan()
+        self.channel = Channel(loop, loader.stats, same_thread=same_thread)
+        self.run = on_loop(loader._new_run, self.channel, epoch, items)
+
+    def _took(self, position: int, value: Any) -> Any:
+        loader = self.loader
+        loader._delivered(position)
+        loader.stats.delivered()
+        return value
+
     def abort(self) -> None:
         """Cut the epoch short (break, exception, a newer iteration): nothing is left behind."""
         if self.dead:
@@ -338,13 +355,9 @@ class _Epoch:
 class _SyncEpoch(_Epoch, Iterator[Any]):
     def __init__(self, loader: Loader):
         super().__init__(loader)
-        engine = loader._engine
-        lt = engine.prepare_sync()
+        lt = loader._engine.prepare_sync()
         self._alive = lt.alive
-        self._begin()
-        epoch, items = loader._plan()
-        self.channel = Channel(lt.loop, loader.stats)
-        self.run = lt.call(loader._new_run, self.channel, epoch, items)
+        self._open(lt.loop, lt.call)
 
     def __iter__(self) -> "_SyncEpoch":
         return self
@@ -360,24 +373,10 @@ class _SyncEpoch(_Epoch, Iterator[Any]):
         except BaseException:
             self.abort()
             raise
-        loader = self.loader
-        loader._delivered(position)
-        loader.stats.delivered()
-        return value
+        return self._took(position, value)
 
     def close(self) -> None:
         self.abort()
-
-
-def _on_asyncio() -> bool:
-    """Whether the caller runs on an asyncio loop (else another anyio backend, e.g. trio)."""
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 class _AsyncEpoch(_Epoch):
@@ -393,25 +392,17 @@ class _AsyncEpoch(_Epoch):
         return self
 
     async def _start(self) -> None:
-        loader = self.loader
-        engine = loader._engine
+        engine = self.loader._engine
         self._started = True
-        if _on_asyncio():
+        if running_loop() is not None:  # asyncio (else another anyio backend: trio)
             loop = await engine.prepare_async()
-            self._begin()
-            epoch, items = loader._plan()
-            self.channel = Channel(loop, loader.stats)
-            self.channel._same_thread = True
-            self.run = loader._new_run(self.channel, epoch, items)
+            self._open(loop, lambda fn, *args: fn(*args), same_thread=True)
         else:
             import anyio.to_thread
 
             self._bridged = True
             lt = await anyio.to_thread.run_sync(engine.prepare_sync)
-            self._begin()
-            epoch, items = loader._plan()
-            self.channel = Channel(lt.loop, loader.stats)
-            self.run = lt.call(loader._new_run, self.channel, epoch, items)
+            self._open(lt.loop, lt.call)
 
     async def __anext__(self) -> Any:
         if not self._started:
@@ -433,10 +424,7 @@ class _AsyncEpoch(_Epoch):
         except BaseException:
             self.abort()
             raise
-        loader = self.loader
-        loader._delivered(position)
-        loader.stats.delivered()
-        return value
+        return self._took(position, value)
 
     async def _bridge_wait(self, channel: Channel) -> None:
         import anyio.to_thread

@@ -36,7 +36,7 @@ class EpochEnded(Exception):
 class Channel:
     """Producer side runs on the engine loop; `get` / `aget` run on the consumer's side."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, stats: Any):
+    def __init__(self, loop: asyncio.AbstractEventLoop, stats: Any, *, same_thread: bool = False):
         self.loop = loop
         self.stats = stats
         self.items: deque = deque()
@@ -50,13 +50,9 @@ class Channel:
         self._wake.acquire()
         # async consumer on the loop
         self._waiter: asyncio.Future | None = None
-        self._same_thread = False
+        self._same_thread = same_thread  # the consumer runs on the loop itself
 
     # -- producer (engine loop) -------------------------------------------------------------
-    def put(self, value: Any) -> None:
-        self.items.append(value)
-        self._notify()
-
     def put_many(self, values: list) -> None:
         self.items.extend(values)
         self._notify()
@@ -168,6 +164,3 @@ class Channel:
         """Wake any waiting consumer for good (loader closing)."""
         self.closed = True
         self._notify()
-
-    def ready(self) -> int:
-        return len(self.items)

@@ -11,6 +11,14 @@ from typing import Any, Awaitable, Callable, TypeVar
 T = TypeVar("T")
 
 
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop running in this thread, or None (no loop, or another framework's)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def tighten_timer_slack() -> None:
     """Ask Linux to wake this thread's timed waits on time (1 ns slack instead of 50 µs).
 

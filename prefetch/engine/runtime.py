@@ -12,15 +12,8 @@ import threading
 from typing import Callable
 
 from .executors.base import Executor
-from .loop import LoopThread
+from .loop import LoopThread, running_loop
 from .scheduler import EpochRun
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 class Engine:
@@ -86,7 +79,7 @@ class Engine:
 
             if self.thread is not None and old is self.thread.loop and self.thread.alive():
                 self.thread.call(leave)
-            elif old.is_closed() or not old.is_running() or old is _running_loop():
+            elif old.is_closed() or not old.is_running() or old is running_loop():
                 leave()  # that loop is gone (or is ours right now): nothing else runs there
             else:
                 raise RuntimeError("prefetch: this Loader is iterating on another running event loop")
@@ -140,7 +133,7 @@ class Engine:
         if run.cancelled:
             return
         loop = run.channel.loop
-        if loop is _running_loop() or loop.is_closed():
+        if loop is running_loop() or loop.is_closed():
             run.cancel()
             return
         try:
@@ -158,7 +151,7 @@ class Engine:
             if self.closed:
                 return
             self.closed = True
-        ex, lt, run = self.executor, self.thread, self.run
+        ex, lt = self.executor, self.thread
         usable = lt is not None and lt.alive() and not lt.on_thread()
         if ex is not None:
             if usable and ex.loop is lt.loop:
@@ -169,8 +162,6 @@ class Engine:
             else:
                 self._close_on_loop()
             ex.close()
-        elif run is not None:
-            self._close_on_loop()
         if lt is not None:
             lt.stop()
 

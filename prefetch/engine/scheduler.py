@@ -169,7 +169,3 @@ class EpochRun:
             self.cancelled = True
             self._done.clear()
             self.executor.cancel(self)
-
-    @property
-    def inflight(self) -> int:
-        return self._inflight

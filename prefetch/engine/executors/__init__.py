@@ -16,7 +16,7 @@ def is_dask_client(obj: Any) -> bool:
 
 
 def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_async: bool,
-                     start_method: str | None) -> Callable[[], Executor]:
+                     start_method: str | None, snapshot: Any = None) -> Callable[[], Executor]:
     """A zero-argument constructor for the executor a Loader asked for."""
     if is_async:
         from .coroutines import CoroutineExecutor
@@ -30,7 +30,7 @@ def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_a
         from .processes import ProcessExecutor
 
         def make() -> Executor:
-            return ProcessExecutor(dataset, workers, window=window, start_method=start_method)
+            return ProcessExecutor(dataset, workers, window=window, start_method=start_method, snapshot=snapshot)
 
         make.blocks = True  # type: ignore[attr-defined]  # starting processes takes a while
         return make

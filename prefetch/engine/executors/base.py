@@ -118,7 +118,7 @@ class Executor:
     def close(self) -> None:
         """End every worker; idempotent."""
 
-    def describe(self) -> str:
+    def __repr__(self) -> str:
         return f"{type(self).__name__}(workers={self.workers})"
 
 
@@ -159,11 +159,6 @@ class LoopPoster:
     def rebind(self, loop: asyncio.AbstractEventLoop) -> None:
         old, self.loop = self.loop, loop
         if old is not loop and self._queue:
-            # Reports parked for a loop that is gone move to the new one.
-            self._scheduled = False
-            self.post_nothing()
-
-    def post_nothing(self) -> None:
-        if self._queue and not self._scheduled:
+            # Reports parked for a loop that is gone (a closed asyncio.run) move to this one.
             self._scheduled = True
-            self.loop.call_soon_threadsafe(self._drain)  # type: ignore[union-attr]
+            loop.call_soon_threadsafe(self._drain)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ...errors import annotate
 from ...randomness import enter_batch, exit_batch
+from ..loop import running_loop
 from .base import Executor, Failure, Job
 
 _WHERE = "a coroutine on the event loop"
@@ -143,11 +144,7 @@ class CoroutineExecutor(Executor):
                 task.cancel()
 
         try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        try:
-            if loop.is_running() and running is not loop:
+            if loop.is_running() and running_loop() is not loop:
                 loop.call_soon_threadsafe(cancel_all)
             else:
                 cancel_all()

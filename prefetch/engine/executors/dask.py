@@ -15,9 +15,9 @@ What the cluster does for us, and what we add:
   sends the dataset again — as a task, which the scheduler can re-run by itself from
   then on — and resubmits them; a batch lost that way `_MAX_LOSSES` times fails with a
   `WorkerError`.
-- A dataset whose `on_epoch_begin` / `on_epoch_end` changed it in the consumer's
-  process (Keras datasets often reshuffle their samples in `on_epoch_end`) is sent
-  again, the same way, before that epoch's tasks run. Sent as a task, the pickled
+- A dataset changed in the consumer's process between epochs (Keras datasets often
+  reshuffle their samples in `on_epoch_end`; see `..fingerprint`) is sent again, the
+  same way, before that epoch's tasks run. Sent as a task, the pickled
   dataset stays in the scheduler's memory while it is in use.
 
 A coroutine `__getitem__` cannot run here: the `Loader` rejects it with a `TypeError`
@@ -37,7 +37,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import queue
 import threading
@@ -45,6 +44,7 @@ import warnings
 from typing import Any
 
 from ...errors import WorkerError, add_note, annotate
+from ..fingerprint import fingerprint
 from .base import Executor, Failure, Job, LoopPoster
 from .threads import run_items
 
@@ -103,20 +103,11 @@ def _materialize(payload: _Payload) -> Any:
     return payload.dataset
 
 
-def _has_epoch_hooks(dataset: Any) -> bool:
-    """Whether the dataset's class defines epoch hooks that may change it between epochs."""
-    for name in ("on_epoch_begin", "on_epoch_end"):
-        fn = getattr(type(dataset), name, None)
-        # prefetch's and Keras's PyDataset hooks are empty: nothing to re-send for those.
-        if fn is not None and getattr(fn, "__qualname__", "") != f"PyDataset.{name}":
-            return True
-    return False
-
-
-def _digest(dataset: Any) -> bytes:
+def _fingerprint(dataset: Any) -> Any:
+    # dask's pickle (cloudpickle where plain pickle fails): what is actually sent
     from distributed.protocol import pickle as dask_pickle
 
-    return hashlib.blake2b(dask_pickle.dumps(dataset), digest_size=16).digest()
+    return fingerprint(dataset, dask_pickle.dumps)
 
 
 class DaskExecutor(Executor):
@@ -132,7 +123,7 @@ class DaskExecutor(Executor):
     Example:
         >>> from distributed import Client  # doctest: +SKIP
         >>> ex = DaskExecutor(list(range(4)), Client(processes=False), workers=2)  # doctest: +SKIP
-        >>> ex.start(); ex.describe()  # doctest: +SKIP
+        >>> ex.start(); ex  # doctest: +SKIP
         'DaskExecutor(scheduler=inproc://..., workers=2)'
         >>> ex.close()  # doctest: +SKIP
     """
@@ -145,8 +136,8 @@ class DaskExecutor(Executor):
         super().__init__(workers)
         self.dataset = dataset
         self.client = client
-        self._hooks = _has_epoch_hooks(dataset)
-        self._digest: bytes | None = None  # of the dataset last sent (datasets with hooks only)
+
+        self._prints: Any = None  # fingerprint of the dataset last sent
         self._remote: Any = None  # the dataset's Future on the cluster (scattered, or a task once re-sent)
         # -- engine loop thread only --
         self._futures: dict[Any, Job] = {}  # job future -> its job
@@ -166,8 +157,7 @@ class DaskExecutor(Executor):
             raise RuntimeError("prefetch: a Loader iterated synchronously on the dask client's own event "
                                "loop would block it; use `async for` (or a synchronous Client)")
         try:
-            if self._hooks:
-                self._digest = _digest(self.dataset)
+            self._prints = _fingerprint(self.dataset)
             self._remote = self._scatter()
         except (TypeError, pickle.PicklingError, AttributeError) as exc:
             # dask's own message names only the type; say what it means for the user.
@@ -202,7 +192,7 @@ class DaskExecutor(Executor):
                 warnings.warn("prefetch: the dask gatherer thread did not stop within "
                               f"{timeout:g}s (a gather is waiting on the cluster)", RuntimeWarning, stacklevel=2)
 
-    def describe(self) -> str:
+    def __repr__(self) -> str:
         address = getattr(getattr(self.client, "scheduler", None), "address", "?")
         return f"DaskExecutor(scheduler={address}, workers={self.workers})"
 
@@ -212,12 +202,12 @@ class DaskExecutor(Executor):
         self._poster.rebind(loop)
 
     def begin_epoch(self, epoch: int) -> None:
-        if not self._hooks or self._closed:
+        if self._closed:
             return
-        digest = _digest(self.dataset)
-        if digest != self._digest:
-            # An epoch hook changed the dataset: this epoch's tasks must see the new one.
-            self._digest = digest
+        prints = _fingerprint(self.dataset)
+        if prints != self._prints:
+            # An epoch hook (or the user) changed the dataset: this epoch's tasks must see it.
+            self._prints = prints
             self._replace_remote()
 
     def _replace_remote(self) -> None:

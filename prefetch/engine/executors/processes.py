@@ -15,8 +15,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
+import itertools
 import multiprocessing as mp
 import os
 import pickle
@@ -27,6 +27,7 @@ from typing import Any
 
 from ...errors import WorkerError, annotate, describe_exit
 from .. import shm
+from ..fingerprint import fingerprint
 from .. import worker as W
 from .base import Executor, Failure, Job
 
@@ -40,12 +41,21 @@ def default_start_method() -> str:
     return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
 
 
-def check_picklable(dataset: Any) -> None:
-    """Fail up front, naming the attribute that does not pickle."""
+class Snapshot:
+    """The dataset as the workers will first get it: its pickle, and its fingerprint to diff
+    later epochs against (taken together, so they always describe the same state)."""
+
+    def __init__(self, dataset: Any):
+        self.payload = pickle_dataset(dataset)
+        self.prints = fingerprint(dataset)
+
+
+def pickle_dataset(dataset: Any) -> bytes:
+    """The dataset's pickle; a clear error up front, naming the attribute that does not pickle."""
     if sys.platform == "win32":
         raise ValueError("executor='process' needs a POSIX system (Linux, macOS); use threads on Windows")
     try:
-        pickle.dumps(dataset, protocol=5)
+        return pickle.dumps(dataset, protocol=5)
     except Exception as exc:  # noqa: BLE001 - re-raised with a better message
         culprit = ""
         for name, value in (vars(dataset).items() if hasattr(dataset, "__dict__") else ()):
@@ -56,35 +66,6 @@ def check_picklable(dataset: Any) -> None:
                 break
         raise TypeError(f"use_multiprocessing / executor='process' sends the dataset to worker processes, but "
                         f"{type(dataset).__name__} cannot be pickled{culprit}: {exc}") from exc
-
-
-def _digest(value: Any) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-
-    def hash_buffer(buf: pickle.PickleBuffer) -> bool:
-        try:
-            h.update(buf.raw())
-        except BufferError:
-            return True  # not contiguous: let pickle copy it in-band, hashed below
-        return False
-
-    h.update(pickle.dumps(value, protocol=5, buffer_callback=hash_buffer))
-    return h.digest()
-
-
-def _plain_state(dataset: Any) -> bool:
-    """Whether pickling the dataset is pickling its `__dict__` (so attributes can be diffed)."""
-    cls = type(dataset)
-    return (hasattr(dataset, "__dict__") and cls.__reduce_ex__ is object.__reduce_ex__
-            and cls.__reduce__ is object.__reduce__
-            and getattr(cls, "__getstate__", None) in (None, getattr(object, "__getstate__", None))
-            and not getattr(cls, "__slots__", ()))
-
-
-def fingerprint(dataset: Any) -> dict[str, bytes] | bytes:
-    if _plain_state(dataset):
-        return {name: _digest(value) for name, value in vars(dataset).items()}
-    return _digest(dataset)
 
 
 def _rebuild_exception(desc: tuple, where: str) -> tuple[int, int, BaseException]:
@@ -149,7 +130,8 @@ class ProcessExecutor(Executor):
     in_process = False
     job_overhead = 100e-6
 
-    def __init__(self, dataset: Any, workers: int, *, window: int, start_method: str | None = None):
+    def __init__(self, dataset: Any, workers: int, *, window: int, start_method: str | None = None,
+                 snapshot: Snapshot | None = None):
         super().__init__(workers)
         self.dataset = dataset
         self.start_method = start_method or default_start_method()
@@ -161,25 +143,37 @@ class ProcessExecutor(Executor):
         self._pending: deque[Job] = deque()
         self._jobs: dict[int, tuple[Job, _Proc, list]] = {}
         self._next_job = 0
-        self._payload: bytes | None = None
-        self._prints: dict[str, bytes] | bytes | None = None
+        # Taken when the Loader was built (it doubled as the picklability check): not again here.
+        self._payload: bytes | None = snapshot.payload if snapshot else None
+        self._prints: dict[str, bytes] | bytes | None = snapshot.prints if snapshot else None
         self._fatal: BaseException | None = None
         self._closed = False
 
     # -- workers --------------------------------------------------------------------------------
     def start(self) -> None:
         self.control = shm.ControlBlock(_CONTROL_SLOTS)
-        self._prints = fingerprint(self.dataset)
-        self._payload = pickle.dumps(self.dataset, protocol=5)
+        if self._prints is None:
+            snap = Snapshot(self.dataset)
+            self._payload, self._prints = snap.payload, snap.prints
         if self.start_method == "forkserver":
             # Workers fork from a server that already imported the worker module and numpy.
             self.ctx.set_forkserver_preload(["prefetch.engine.worker"])
-        for slot in range(self.workers):
-            self._spawn(slot)
+        self._fill_pool()
+
+    def _fill_pool(self) -> None:
+        """Start workers on the lowest free slots until `workers` of them run (at start, after a
+        grow, and to replace workers that died)."""
+        if self._fatal is not None:
+            return
+        live = [p for p in self._procs if p.alive and not p.retiring]
+        used = {p.slot for p in live}
+        free = (s for s in itertools.count() if s not in used)
+        for _ in range(self.workers - len(live)):
+            self._spawn(next(free))
 
     def _spawn(self, slot: int) -> _Proc:
         if self._payload is None:
-            self._payload = pickle.dumps(self.dataset, protocol=5)
+            self._payload = pickle_dataset(self.dataset)
         parent, child = self.ctx.Pipe(duplex=True)
         proc = self.ctx.Process(target=W.main, args=(child, slot, self._payload), daemon=True,
                                 name=f"prefetch-worker-{slot}")
@@ -227,10 +221,7 @@ class ProcessExecutor(Executor):
         super().resize(workers)
         live = [p for p in self._procs if p.alive and not p.retiring]
         if workers > len(live):
-            used = {p.slot for p in live}
-            free = (s for s in range(_CONTROL_SLOTS * 4) if s not in used)
-            for _ in range(workers - len(live)):
-                self._spawn(next(free))
+            self._fill_pool()
         else:
             for p in sorted(live, key=lambda p: -p.slot)[: len(live) - workers]:
                 p.retiring = True
@@ -251,11 +242,7 @@ class ProcessExecutor(Executor):
     # -- jobs ------------------------------------------------------------------------------------
     def begin_epoch(self, epoch: int) -> None:
         self._reap()
-        live = [p for p in self._procs if p.alive and not p.retiring]
-        if self._fatal is None and len(live) < self.workers:
-            used = {p.slot for p in live}
-            for slot in [s for s in range(self.workers * 2) if s not in used][: self.workers - len(live)]:
-                self._spawn(slot)  # replace workers that died
+        self._fill_pool()  # replace workers that died
         self._sync_dataset()
 
     def _sync_dataset(self) -> None:
@@ -447,9 +434,9 @@ class ProcessExecutor(Executor):
         self._procs.remove(p)
         self._retired.append(p)
         # A worker that never got ready would fail again at once: the next epoch retries.
-        if self._fatal is None and not self._closed and not p.retiring and p.ready:
+        if not self._closed and not p.retiring and p.ready:
             try:
-                self._spawn(p.slot)  # the pool is whole again for the next batch
+                self._fill_pool()  # the pool is whole again for the next batch
             except Exception:  # noqa: BLE001 - e.g. interpreter shutting down; next epoch retries
                 pass
         self._dispatch()
@@ -497,7 +484,7 @@ class ProcessExecutor(Executor):
             self.control.close()
             self.control = None
 
-    def describe(self) -> str:
+    def __repr__(self) -> str:
         return f"ProcessExecutor(workers={self.workers}, start_method={self.start_method!r})"
 
 
