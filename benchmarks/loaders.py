@@ -194,7 +194,12 @@ class Serial:
 class Prefetch:
     @staticmethod
     def imports(row: Row) -> None:
-        import prefetch  # noqa: F401
+        # The modules a Loader of this kind loads on first use: import time is reported
+        # apart, as for the peers (whose `import torch` / keras imports load theirs).
+        import prefetch.loader  # noqa: F401
+
+        if row.opts.get("executor") == "process":
+            import prefetch.engine.executors.processes  # noqa: F401
 
     @staticmethod
     def setup(row: Row, ctx: dict) -> None:

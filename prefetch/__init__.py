@@ -18,29 +18,32 @@ Example:
 
 from typing import TYPE_CHECKING, Any
 
-from .batchmem import empty
 from .dataset import PyDataset
 from .errors import WorkerError
-from .randomness import rng
 from .shard import Shard
 
 if TYPE_CHECKING:
+    from .batchmem import empty
     from .loader import Loader
+    from .randomness import rng
     from .stats import Stats
 
 __all__ = ["Loader", "PyDataset", "Shard", "Stats", "WorkerError", "empty", "rng"]
 __version__ = "0.1.0"
 
 
+_LAZY = {"Loader": ".loader", "Stats": ".stats", "empty": ".batchmem", "rng": ".randomness"}
+
+
 def __getattr__(name: str) -> Any:
-    # The Loader (and its event-loop machinery) loads on first use, so a process worker —
-    # which imports prefetch only to run __getitem__ — starts without it.
-    if name == "Loader":
-        from .loader import Loader
+    # Loaded on first use: a process worker, which imports prefetch only to run __getitem__,
+    # starts without the Loader's event-loop machinery, and `import prefetch` itself does not
+    # import numpy (the forkserver relies on that to ignore Ctrl-C early, see engine/forkserver).
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prefetch' has no attribute {name!r}")
+    import importlib
 
-        return Loader
-    if name == "Stats":
-        from .stats import Stats
-
-        return Stats
-    raise AttributeError(f"module 'prefetch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value

@@ -56,6 +56,11 @@ class Loader(Generic[B]):
         start_method: for process workers, `"forkserver"` (default where available),
             `"spawn"` or `"fork"` (only when asked: forking a process that runs JAX or torch
             threads can deadlock).
+        warm_start: for process workers: until the first worker is ready (a fresh
+            interpreter takes a few hundred milliseconds), make batches in order on one thread
+            of this process, from a private copy of the dataset, so the first batch does not
+            wait for the pool. Set it to False when `__getitem__` may crash the whole process
+            (a segfaulting decoder) or must only ever run inside a worker.
 
     Example:
         >>> import prefetch
@@ -67,7 +72,7 @@ class Loader(Generic[B]):
     def __init__(self, dataset: Any, *, workers: int | str | None = None, use_multiprocessing: bool | None = None,
                  max_queue_size: int | None = None, executor: Any = None, shuffle: bool = False,
                  seed: int | None = None, ordered: bool = True, shard: Shard | None = None,
-                 start_method: str | None = None):
+                 start_method: str | None = None, warm_start: bool = True):
         info = inspect_dataset(dataset)
         self.auto_workers = workers == "auto"
         if self.auto_workers:
@@ -125,7 +130,7 @@ class Loader(Generic[B]):
         self._sizer: ChunkSizer | None = None
         self._autotune = None
         make = executor_factory(self.executor, dataset, workers, window=window, is_async=info.is_async,
-                                start_method=start_method, snapshot=snapshot)
+                                start_method=start_method, snapshot=snapshot, warm_start=bool(warm_start))
         self._engine = Engine(make)
         if getattr(make, "blocks", False):
             self._engine.start_soon()  # processes boot while the caller builds its model

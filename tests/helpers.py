@@ -234,3 +234,51 @@ class InPlace(Indices):
         x = prefetch.empty((300, 300), np.float32)
         x.fill(i)
         return x, i
+
+
+class SlowToStart(Indices):
+    """Unpickling takes `boot` seconds in any process but the one that made it, so worker
+    processes are certainly not ready for the first batches; batch i is (i * scale, pid)."""
+
+    def __init__(self, n: int, boot: float = 1.0, fail_to_start: bool = False, **kwargs):
+        super().__init__(n, **kwargs)
+        self.boot = boot
+        self.fail_to_start = fail_to_start
+        self.scale = 1
+        self.home = os.getpid()
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if os.getpid() != self.home:
+            if self.fail_to_start:
+                raise LookupError("this dataset cannot load in a worker")
+            time.sleep(self.boot)
+
+    def __getitem__(self, i):
+        super().__getitem__(i)
+        return i * self.scale, os.getpid()
+
+
+class OpensInGetitem(SlowToStart):
+    """Stores an unpicklable handle on itself in __getitem__ (a file, a lock), as datasets
+    that open resources lazily do."""
+
+    def __getitem__(self, i):
+        self.handle = threading.Lock()
+        return super().__getitem__(i)
+
+
+class ScaledInHook(SlowToStart):
+    def on_epoch_begin(self):
+        self.scale *= 10
+
+
+class FailsAt(SlowToStart):
+    def __init__(self, n: int, bad: int, **kwargs):
+        super().__init__(n, **kwargs)
+        self.bad = bad
+
+    def __getitem__(self, i):
+        if i == self.bad:
+            return 1 / 0
+        return super().__getitem__(i)

@@ -55,11 +55,12 @@ def anonymous_fd(name: str, size: int) -> int:
 class Segment:
     """One shared-memory segment, mapped in this process."""
 
-    __slots__ = ("id", "size", "fd", "mm", "__weakref__")
+    __slots__ = ("id", "size", "fd", "mm", "kept", "__weakref__")
 
     def __init__(self, seg_id: int, size: int):
         self.id = seg_id
         self.size = size
+        self.kept = False  # a worker still holds an array in it: never reuse it
         self.fd = anonymous_fd(f"prefetch-{seg_id}", size)
         self.mm = mmap.mmap(self.fd, size)
 
@@ -120,12 +121,19 @@ class SegmentPool:
 
     def give_back(self, seg: Segment) -> None:
         """On the loop: `seg` was assigned but not used."""
-        self._free.append(seg)
+        if seg.kept:
+            self._retire(seg)
+        else:
+            self._free.append(seg)
 
     def _collect(self) -> None:
         returned, free = self._returned, self._free
         while returned:
-            free.append(returned.popleft())
+            seg = returned.popleft()
+            if seg.kept:
+                self._retire(seg)
+            else:
+                free.append(seg)
         while len(free) > self.keep:
             self._retire(free.popleft())
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import batchmem
 from ..randomness import enter_batch, exit_batch, seed_worker_globals
+from . import arena
 from .shm import ControlBlock, encode, recv_fds
 
 # message kinds (small ints: they cross the pipe with every job)
@@ -65,6 +66,9 @@ def main(conn: Any, slot: int, payload: bytes) -> None:
     send(pickle.dumps((READY, os.getpid()), protocol=5))
 
     segments: dict[int, tuple[mmap.mmap, np.ndarray]] = {}
+    # Segments the main process forgot while arrays the dataset kept still live in them:
+    # unmapped once those arrays are gone.
+    kept_alive: list[tuple[mmap.mmap, np.ndarray]] = []
     ctrl = None
     seeded_epoch = None
     recv = conn.recv_bytes
@@ -82,27 +86,42 @@ def main(conn: Any, slot: int, payload: bytes) -> None:
                 seeded_epoch = epoch
             results = []
             failure = None
+            used: list[tuple[int, np.ndarray]] = []
             t0 = perf_counter()
             for (position, index), seg_id in zip(items, segs):
                 if ctrl is not None:
                     ctrl.slots[slot] = index
                 token = enter_batch(seed, epoch, index)
                 segment = segments[seg_id][1] if seg_id is not None else None
-                arena = batchmem.enter(segment)
+                # numpy itself allocates the batch's large arrays in the segment when it can;
+                # prefetch.empty's own arena is the fallback without the compiled allocator.
+                placement = arena.Placement(segment)
+                if placement.active:
+                    used.append((seg_id, segment))
+                token_mem = batchmem.enter(None if placement.active else segment)
                 try:
                     value = dataset[index]
-                    results.append(encode(value, segment, batchmem.state()))
+                    if placement.active:
+                        in_use, _, wanted = placement.finish()
+                        state = [segment, in_use, wanted - in_use]
+                    else:
+                        state = batchmem.state()
+                    results.append(encode(value, segment, state))
                 except BaseException as exc:  # noqa: BLE001 - delivered to the consumer
                     failure = describe_failure(position, index, exc)
                     break
                 finally:
-                    batchmem.leave(arena)
+                    placement.finish()
+                    batchmem.leave(token_mem)
                     exit_batch(token)
                     value = None
+            # A segment still holding an array the dataset kept must not be reused for a later
+            # batch: the main process retires it once the consumer is done with it.
+            kept = [seg_id for seg_id, segment in used if arena.live(segment)]
             elapsed = perf_counter() - t0
             if ctrl is not None:
                 ctrl.slots[slot] = -1
-            send(dumps((DONE, job_id, results, failure, elapsed), protocol=5))
+            send(dumps((DONE, job_id, results, failure, elapsed, kept), protocol=5))
             del results
         elif kind == FDS:
             specs = msg[1]
@@ -111,7 +130,9 @@ def main(conn: Any, slot: int, payload: bytes) -> None:
                 # Fault the pages in now, in one go (much cheaper than one fault per page the
                 # first time a batch is written here).
                 mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
-                segments[seg_id] = (mm, np.frombuffer(mm, dtype=np.uint8))
+                view = np.frombuffer(mm, dtype=np.uint8)
+                segments[seg_id] = (mm, view)
+                arena.register(view)
                 os.close(fd)  # the mapping keeps the memory
         elif kind == CTRL:
             (fd,) = recv_fds(sock, 1)
@@ -120,12 +141,20 @@ def main(conn: Any, slot: int, payload: bytes) -> None:
             for seg_id in msg[1]:
                 entry = segments.pop(seg_id, None)
                 if entry is not None:
-                    mm = entry[0]
+                    kept_alive.append(entry)
                     del entry
-                    try:
-                        mm.close()
-                    except BufferError:  # a prefetch.empty array the dataset kept: its to keep
-                        pass
+            pending, kept_alive = kept_alive, []
+            while pending:
+                mm, view = pending.pop()
+                if arena.unregister(view):  # arrays still live in it: not yet
+                    kept_alive.append((mm, view))
+                    continue
+                del view
+                try:
+                    mm.close()
+                except BufferError:  # a prefetch.empty array the dataset kept: its to keep
+                    pass
+            del pending
         elif kind == SYNC:
             changed, removed = msg[1], msg[2]
             state = vars(dataset)  # the instance dict itself, as the main process diffed it
@@ -137,3 +166,4 @@ def main(conn: Any, slot: int, payload: bytes) -> None:
             dataset = loads(msg[1])
         elif kind == STOP:
             return
+

@@ -16,7 +16,8 @@ def is_dask_client(obj: Any) -> bool:
 
 
 def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_async: bool,
-                     start_method: str | None, snapshot: Any = None) -> Callable[[], Executor]:
+                     start_method: str | None, snapshot: Any = None, warm_start: bool = True
+                     ) -> Callable[[], Executor]:
     """A zero-argument constructor for the executor a Loader asked for."""
     if is_async:
         from .coroutines import CoroutineExecutor
@@ -30,7 +31,8 @@ def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_a
         from .processes import ProcessExecutor
 
         def make() -> Executor:
-            return ProcessExecutor(dataset, workers, window=window, start_method=start_method, snapshot=snapshot)
+            return ProcessExecutor(dataset, workers, window=window, start_method=start_method, snapshot=snapshot,
+                                   warm_start=warm_start)
 
         make.blocks = True  # type: ignore[attr-defined]  # starting processes takes a while
         return make

@@ -11,6 +11,9 @@
   helper threads. Numpy arrays in a batch travel through shared memory (see `..shm`).
 - A worker that dies is noticed through its process sentinel at once; the batch it was on
   (read from a shared control block) fails with `WorkerError`, and the slot is refilled.
+- Workers boot on a background thread; until the first is ready, jobs run one at a time in
+  this process on a copy of the dataset (see `.warmstart`), so the first batch does not wait
+  for interpreters to start.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import pickle
 import socket
 import sys
+import threading
 from collections import deque
 from typing import Any
 
@@ -30,6 +34,7 @@ from .. import shm
 from ..fingerprint import fingerprint
 from .. import worker as W
 from .base import Executor, Failure, Job
+from .warmstart import WarmStart, worth_it
 
 _DEPTH = 2  # jobs queued per worker, so it never idles for a round trip
 _CONTROL_SLOTS = 512
@@ -131,7 +136,7 @@ class ProcessExecutor(Executor):
     job_overhead = 100e-6
 
     def __init__(self, dataset: Any, workers: int, *, window: int, start_method: str | None = None,
-                 snapshot: Snapshot | None = None):
+                 snapshot: Snapshot | None = None, warm_start: bool = True):
         super().__init__(workers)
         self.dataset = dataset
         self.start_method = start_method or default_start_method()
@@ -147,7 +152,17 @@ class ProcessExecutor(Executor):
         self._payload: bytes | None = snapshot.payload if snapshot else None
         self._prints: dict[str, bytes] | bytes | None = snapshot.prints if snapshot else None
         self._fatal: BaseException | None = None
+        self._boot_failure: tuple | None = None  # (pid, exit code) of a worker that died before it was ready
         self._closed = False
+        # Start-up: the first workers are spawned on a thread (`_boot`) and adopted on the loop.
+        self._booting = False
+        self._boot_thread: threading.Thread | None = None
+        self._boot_lock = threading.Lock()
+        self._booted: list[_Proc] = []
+        self._missed: list[tuple] = []  # dataset syncs since the snapshot the boot thread uses
+        self._boot_done = False
+        self._warm: WarmStart | None = None
+        self._warm_wanted = warm_start
 
     # -- workers --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -157,13 +172,69 @@ class ProcessExecutor(Executor):
             self._payload, self._prints = snap.payload, snap.prints
         if self.start_method == "forkserver":
             # Workers fork from a server that already imported the worker module and numpy.
-            self.ctx.set_forkserver_preload(["prefetch.engine.worker"])
-        self._fill_pool()
+            self.ctx.set_forkserver_preload(["prefetch.engine.forkserver", "prefetch.engine.worker"])
+        if self._warm_wanted and worth_it(self._payload, self.start_method):
+            self._warm = WarmStart(self._payload, self._warm_done)  # type: ignore[arg-type]
+        self._booting = True
+        self._boot_thread = threading.Thread(target=self._boot, args=(self.workers, self._payload),
+                                             name="prefetch-boot", daemon=True)
+        self._boot_thread.start()
+
+    def _boot(self, count: int, payload: bytes) -> None:
+        """Boot thread: spawn the first workers (the first one waits for the forkserver to
+        start and import numpy) and hand each to the loop as soon as it exists."""
+        error = None
+        try:
+            for slot in range(count):
+                if self._closed:
+                    break
+                p = self._launch(slot, payload)
+                with self._boot_lock:
+                    self._booted.append(p)
+                self._post_adopt()
+        except BaseException as exc:  # noqa: BLE001 - e.g. out of file descriptors: reported on the loop
+            error = exc
+        with self._boot_lock:
+            self._boot_done = True
+            if error is not None and self._fatal is None:
+                self._fatal = error
+        self._post_adopt()
+
+    def _post_adopt(self) -> None:
+        loop = self.loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._adopt)
+            except RuntimeError:
+                pass  # that loop closed: the next bind() adopts them
+
+    def _adopt(self) -> None:
+        """On the loop: take over workers the boot thread started."""
+        with self._boot_lock:
+            booted, self._booted = self._booted, []
+            finished = self._boot_done
+        if self._closed:
+            self._booted.extend(booted)  # close() ends them
+            return
+        for p in booted:
+            try:
+                for msg in self._missed:  # what the epoch hooks changed while it booted
+                    p.send(msg)
+            except OSError:
+                pass  # it died already: its sentinel says so
+            self._procs.append(p)
+            if self.loop is not None:
+                self._watch(p)
+        if finished and self._booting:
+            self._booting = False
+            self._missed = []
+            self._reconcile()  # the pool may have been resized or lost a worker meanwhile
+        self._dispatch()
 
     def _fill_pool(self) -> None:
         """Start workers on the lowest free slots until `workers` of them run (at start, after a
         grow, and to replace workers that died)."""
-        if self._fatal is not None:
+        if self._fatal is not None or self._booting:
             return
         live = [p for p in self._procs if p.alive and not p.retiring]
         used = {p.slot for p in live}
@@ -174,8 +245,15 @@ class ProcessExecutor(Executor):
     def _spawn(self, slot: int) -> _Proc:
         if self._payload is None:
             self._payload = pickle_dataset(self.dataset)
+        p = self._launch(slot, self._payload)
+        self._procs.append(p)
+        if self.loop is not None:
+            self._watch(p)
+        return p
+
+    def _launch(self, slot: int, payload: bytes) -> _Proc:
         parent, child = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(target=W.main, args=(child, slot, self._payload), daemon=True,
+        proc = self.ctx.Process(target=W.main, args=(child, slot, payload), daemon=True,
                                 name=f"prefetch-worker-{slot}")
         proc.start()
         child.close()
@@ -183,9 +261,6 @@ class ProcessExecutor(Executor):
         if self.control is not None and slot < _CONTROL_SLOTS:
             p.send((W.CTRL, _CONTROL_SLOTS))
             shm.send_fds(p.sock, [self.control.fd])
-        self._procs.append(p)
-        if self.loop is not None:
-            self._watch(p)
         return p
 
     def _watch(self, p: _Proc) -> None:
@@ -208,9 +283,12 @@ class ProcessExecutor(Executor):
 
     def bind(self, loop) -> None:
         super().bind(loop)
+        if self._warm is not None:
+            self._warm.bind(loop)
         for p in self._procs:
             if p.alive:
                 self._watch(p)
+        self._adopt()
 
     def unbind(self) -> None:
         for p in self._procs:
@@ -219,6 +297,13 @@ class ProcessExecutor(Executor):
 
     def resize(self, workers: int) -> None:
         super().resize(workers)
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Grow or shrink the pool to `workers` (not while the boot thread spawns)."""
+        if self._booting:
+            return
+        workers = self.workers
         live = [p for p in self._procs if p.alive and not p.retiring]
         if workers > len(live):
             self._fill_pool()
@@ -242,8 +327,13 @@ class ProcessExecutor(Executor):
     # -- jobs ------------------------------------------------------------------------------------
     def begin_epoch(self, epoch: int) -> None:
         self._reap()
+        self._boot_failure = None  # workers that could not start get another try each epoch
         self._fill_pool()  # replace workers that died
         self._sync_dataset()
+        if self._warm is not None and self._payload is None:
+            # Changed since the snapshot: the warm-start copy must not serve an older dataset.
+            self._payload = pickle_dataset(self.dataset)
+            self._warm.reload(self._payload)
 
     def _sync_dataset(self) -> None:
         new = fingerprint(self.dataset)
@@ -258,6 +348,8 @@ class ProcessExecutor(Executor):
             msg: tuple = (W.SYNC, changed, [k for k in old if k not in new])
         else:
             msg = (W.REPLACE, pickle.dumps(self.dataset, protocol=5))
+        if self._booting:
+            self._missed.append(msg)  # workers still booting started from the first snapshot
         for p in self._procs:
             if p.alive:
                 p.send(msg)
@@ -268,13 +360,24 @@ class ProcessExecutor(Executor):
 
     def _dispatch(self) -> None:
         pending = self._pending
+        warm = self._warm
+        if warm is not None and pending and not any(p.ready for p in self._procs):
+            # No worker is ready yet: this process makes the next batch, in order, meanwhile.
+            if not warm.busy:
+                job = pending.popleft()
+                if job.owner.cancelled:
+                    self.report(job, [], None, 0.0)
+                    self._dispatch()
+                else:
+                    warm.run(job)
+            return
         while pending:
             best = None
             for p in self._procs:
                 if p.alive and not p.retiring and len(p.jobs) < _DEPTH and (best is None or len(p.jobs) < len(best.jobs)):
                     best = p
             if best is None:
-                if self._fatal is not None or not any(p.alive for p in self._procs):
+                if self._fatal is not None or not (self._booting or any(p.alive for p in self._procs)):
                     self._fail_pending()
                 return
             job = pending.popleft()
@@ -286,7 +389,12 @@ class ProcessExecutor(Executor):
     def _fail_pending(self) -> None:
         while self._pending:
             job = self._pending.popleft()
-            error = self._fatal or WorkerError("prefetch: no live worker process to run the batch")
+            if self._fatal is not None:
+                error = self._fatal
+            elif self._boot_failure is not None:
+                error = self._not_ready_error(*self._boot_failure, job.items[0][1])
+            else:
+                error = WorkerError("prefetch: no live worker process to run the batch")
             self.report(job, [], Failure(job.items[0][0], job.items[0][1], error), 0.0)
 
     def _send_job(self, p: _Proc, job: Job) -> None:
@@ -320,6 +428,26 @@ class ProcessExecutor(Executor):
                 except OSError:
                     pass
 
+    def _warm_done(self, report: tuple) -> None:
+        """On the loop: the warm-start thread finished a job (or could not load the dataset)."""
+        job, values, failure, elapsed = report
+        warm = self._warm
+        if warm is not None:
+            warm.busy = False
+        if values is None:  # its copy of the dataset did not load: leave it to the workers
+            self._end_warm_start()
+            self._pending.appendleft(job)
+        else:
+            if any(p.ready for p in self._procs):
+                self._end_warm_start()
+            self.report(job, values, failure, elapsed)
+        self._dispatch()
+
+    def _end_warm_start(self) -> None:
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            warm.close(timeout=0)
+
     def cancel(self, owner) -> None:
         kept = deque()
         for job in self._pending:
@@ -342,8 +470,12 @@ class ProcessExecutor(Executor):
     def _handle(self, p: _Proc, msg: tuple) -> None:
         kind = msg[0]
         if kind == W.DONE:
-            _, job_id, results, failure, elapsed = msg
+            _, job_id, results, failure, elapsed, kept = msg
             job, _, segs = self._jobs.pop(job_id)
+            if kept:
+                for seg in segs:
+                    if seg is not None and seg.id in kept:
+                        seg.kept = True
             if p.jobs and p.jobs[0] == job_id:
                 p.jobs.popleft()
             else:
@@ -374,10 +506,22 @@ class ProcessExecutor(Executor):
             self.report(job, values, fail, elapsed)
             self._dispatch()
         elif kind == W.READY:
-            p.ready = True  # jobs were queued in its socket already: nothing else to do
+            p.ready = True
+            if self._warm is not None and not self._warm.busy:
+                self._end_warm_start()
+            self._dispatch()
         elif kind == W.FATAL:
             _, _, exc = _rebuild_exception(msg[1], f"process worker {p.pid}")
             self._fatal = exc
+            self._end_warm_start()  # the workers cannot run this dataset: say so now
+
+    def _not_ready_error(self, pid: int | None, code: int | None, batch: int) -> WorkerError:
+        return WorkerError(
+            f"worker process {pid} exited ({describe_exit(code)}) before it could load the dataset. "
+            f"With start_method={self.start_method!r} every worker imports your main module again: "
+            "put the script's entry point under `if __name__ == '__main__':`, and make sure the "
+            "dataset's class is importable (see the worker's traceback above).",
+            index=batch, pid=pid, exitcode=code)
 
     def _on_exit(self, p: _Proc) -> None:
         if not p.alive:
@@ -396,6 +540,9 @@ class ProcessExecutor(Executor):
         if self.control is not None and p.slot < _CONTROL_SLOTS:
             index = int(self.control.slots[p.slot])
             self.control.slots[p.slot] = -1
+        if not p.ready and self._fatal is None:
+            self._boot_failure = (p.pid, code)
+            self._end_warm_start()  # say so now, rather than serve the epoch from this process
         first = True
         while p.jobs:
             job, _, segs = self._jobs.pop(p.jobs.popleft())
@@ -418,12 +565,7 @@ class ProcessExecutor(Executor):
                 if self._fatal is not None:
                     error = self._fatal
                 elif not p.ready:
-                    error = WorkerError(
-                        f"worker process {p.pid} exited ({describe_exit(code)}) before it could load the dataset. "
-                        f"With start_method={self.start_method!r} every worker imports your main module again: "
-                        "put the script's entry point under `if __name__ == '__main__':`, and make sure the "
-                        "dataset's class is importable (see the worker's traceback above).",
-                        index=batch, pid=p.pid, exitcode=code)
+                    error = self._not_ready_error(p.pid, code, batch)
                 else:
                     error = WorkerError(
                         f"worker process {p.pid} died ({describe_exit(code)}) while producing batch {batch}",
@@ -456,7 +598,13 @@ class ProcessExecutor(Executor):
         if self._closed:
             return
         self._closed = True
-        procs = self._procs + self._retired
+        self._end_warm_start()
+        boot = self._boot_thread
+        if boot is not None and boot is not threading.current_thread():
+            boot.join(10)  # it stops after the worker it is starting; that one must end too
+        with self._boot_lock:
+            booted, self._booted = self._booted, []
+        procs = self._procs + self._retired + booted
         for p in procs:
             if p.alive:
                 try:

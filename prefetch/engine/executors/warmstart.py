@@ -1,0 +1,90 @@
+"""The first batches of a process loader, made in this process while the workers boot.
+
+A fresh worker process (forkserver or spawn) needs a few hundred milliseconds to start an
+interpreter, import numpy and unpickle the dataset. Rather than make the training loop wait
+for that, the process executor hands its first jobs, one at a time, to a single thread here
+that runs them on its *own copy* of the dataset, unpickled from the same bytes the workers
+get: the user's dataset object is never touched from this thread, so state it sets in
+`__getitem__` (an opened file, a cache) stays out of the object the workers are synced from.
+As soon as one worker is ready the executor stops feeding this thread and it ends.
+
+Batches made here are ordinary arrays (no shared memory is involved) and get the same
+`prefetch.rng()` draws as in a worker.
+"""
+
+from __future__ import annotations
+
+import pickle
+import queue
+import threading
+from typing import Any, Callable
+
+from .base import Job, LoopPoster
+from .threads import run_items
+
+_STOP = None
+
+
+class WarmStart:
+    """One daemon thread over a copy of the dataset; reports on the executor's loop."""
+
+    def __init__(self, payload: bytes, deliver: Callable[[tuple], None]):
+        self._payload: bytes | None = payload
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._poster = LoopPoster(deliver)
+        self._thread: threading.Thread | None = None
+        self.busy = False
+
+    def bind(self, loop) -> None:
+        self._poster.rebind(loop)
+
+    def reload(self, payload: bytes) -> None:
+        """On the loop: the dataset changed (an epoch hook): use this state from the next job."""
+        if self._thread is None:
+            self._payload = payload
+        else:
+            self._queue.put(payload)
+
+    def run(self, job: Job) -> None:
+        """On the loop: run `job` here (the previous one has been reported)."""
+        self.busy = True
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="prefetch-warm-start", daemon=True)
+            self._thread.start()
+        self._queue.put(job)
+
+    def _work(self) -> None:
+        payload, self._payload = self._payload, None
+        try:
+            dataset = pickle.loads(payload)  # type: ignore[arg-type]
+        except BaseException as exc:  # noqa: BLE001 - the workers will report it properly
+            self._poster.post((self._queue.get(), None, exc, 0.0))
+            return
+        del payload
+        where = "the main process while process workers start"
+        while True:
+            job = self._queue.get()
+            if job is _STOP:
+                return
+            if isinstance(job, bytes):  # reload(): a newer state of the dataset
+                dataset = pickle.loads(job)
+                continue
+            values, failure, elapsed = run_items(dataset, job, where)
+            self._poster.post((job, values, failure, elapsed))
+            del job, values, failure
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Any thread: end the thread (a call already running finishes on its own)."""
+        thread, self._thread = self._thread, None
+        self._payload = None
+        if thread is not None:
+            self._queue.put(_STOP)
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+
+
+def worth_it(payload: Any, start_method: str) -> bool:
+    """Whether to warm-start: not with fork (forking while this thread is inside
+    `__getitem__` could copy a held lock into the child), and not for datasets so big that a
+    second copy in this process would cost more memory than the wait is worth."""
+    return start_method != "fork" and payload is not None and len(payload) <= 32 * 1024 * 1024
