@@ -136,7 +136,8 @@ def build_workloads(calib: dict, *, torch_dl_128: bool = False) -> list[Workload
                  ("small_arrays", {"seconds": 0.001}), 500, 500, 30.0, _thread_rows(4, 8)),
         Workload("py4ms-proc2", "py4ms-proc2",
                  f"pure-Python loop of {calib['py_iters']:,} steps (~4 ms, holds the GIL), 2 processes, queue 8",
-                 ("py_loop", {"iters": calib["py_iters"]}), 400, 200, 2.0, _process_rows(2, 8)),
+                 ("py_loop", {"iters": calib["py_iters"]}), 400, 200, 2.0, _process_rows(2, 8) + [
+                     Row("2-processes-bare", "bare", "ref", 2, 8)]),
         Workload("array18MiB-proc2", "array18MiB-proc2",
                  "fresh 18 MiB float32 array per batch (np.full((4608, 1024), i)), 2 processes, queue 8; "
                  "the consumer reads one element",
@@ -331,6 +332,47 @@ class Grain:
         return it, getattr(it, "close", None)
 
 
+def _bare_worker(ds, indices, conn) -> None:
+    for i in indices:
+        conn.send(ds[i])
+    conn.close()
+
+
+class BareProcesses:
+    """The hardware reference, not a loader: `workers` forked processes, each making its share
+    of the batches (round robin) and sending each result back through its own pipe, read in
+    index order. No scheduling, no shared memory: what N processes can do on this machine."""
+
+    imports = _nothing
+    setup = _nothing
+
+    @staticmethod
+    def open(ds, row: Row, ctx: dict):
+        import multiprocessing as mp
+
+        fork = mp.get_context("fork")
+        n, w = len(ds), row.workers
+        pipes, procs = [], []
+        for k in range(w):
+            recv, send = fork.Pipe(duplex=False)
+            proc = fork.Process(target=_bare_worker, args=(ds, range(k, n, w), send), daemon=True)
+            proc.start()
+            send.close()
+            pipes.append(recv)
+            procs.append(proc)
+
+        def batches():
+            for i in range(n):
+                yield pipes[i % w].recv()
+
+        def close():
+            for proc in procs:
+                proc.kill()
+                proc.join()
+
+        return batches(), close
+
+
 class DaskFutures:
     """Plain dask: `client.submit(ds.__getitem__, i)` keeping `queue` futures ahead, results
     taken in order - what one writes without prefetch."""
@@ -388,7 +430,7 @@ def _dask_setup(row: Row, ctx: dict) -> None:
 
 LOADERS: dict[str, Any] = {
     "serial": Serial, "prefetch": Prefetch, "keras": Keras, "torch-dl": TorchDL, "torchdata": TorchData,
-    "grain": Grain, "dask-futures": DaskFutures,
+    "grain": Grain, "dask-futures": DaskFutures, "bare": BareProcesses,
 }
 
 
@@ -662,19 +704,21 @@ def print_table(wl: Workload, rows: list[Row], summ: dict[str, dict], repeat: in
     print(f"\n== {wl.name}: {wl.title}", file=file)
     print(f"   n={n_par or '-'} batches per epoch (serial {summ.get('serial', {}).get('n', '-')}), "
           f"median of {repeat}", file=file)
-    header = ["loader", "b/s", "x serial", "x best peer", "epoch b/s", "TTFB ms", "RSS MiB", "PSS MiB",
-              "import ms", "notes"]
+    header = ["loader", "b/s", "x serial", "x best peer", "2nd half b/s", "epoch b/s", "TTFB ms", "RSS MiB",
+              "PSS MiB", "import ms", "notes"]
     table = []
     for r in rows:
         s = summ.get(r.id, {})
         label = r.id + (f" w={r.workers}" if r.role != "serial" and not r.id.startswith("prefetch-w") else "")
         if "error" in s:
-            table.append([label, "error: " + s["error"]] + [""] * 8)
+            table.append([label, "error: " + s["error"]] + [""] * 9)
             continue
         bps = s.get("bps")
         notes = list(s.get("notes", []))
         if r.role == "ref" and r.loader == "keras":
             notes.append("workers=1: Keras runs inline (no enqueuer), not counted as a peer")
+        if r.loader == "bare":
+            notes.append("hardware reference: bare forked processes, no loader")
         if s.get("cut"):
             notes.append(f"stopped at {s['count']:.0f} batches (time cap)")
         if (s.get("setup_ms") or 0) > 50:
@@ -683,7 +727,8 @@ def print_table(wl: Workload, rows: list[Row], summ: dict[str, dict], repeat: in
             label, _fmt(bps),
             _fmt(bps / serial if bps and serial else None, ".2f"),
             _fmt(bps / best_peer if bps and best_peer and r.role == "prefetch" else None, ".2f", ""),
-            _fmt(s.get("epoch_bps")), _fmt(s.get("ttfb_ms"), ",.1f"), _fmt(s.get("rss_mib"), ",.0f"),
+            _fmt(s.get("late_bps")), _fmt(s.get("epoch_bps")), _fmt(s.get("ttfb_ms"), ",.1f"),
+            _fmt(s.get("rss_mib"), ",.0f"),
             _fmt(s.get("pss_mib"), ",.0f"), _fmt(s.get("import_ms"), ",.0f"), "; ".join(notes),
         ])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *[t for t in table if not t[1].startswith("error:")])]
@@ -770,17 +815,28 @@ def targets(res: dict) -> list[tuple[str, str, str]]:
         m = _get(res, "rss", "prefetch-thread", "rss_mib")
         return f"{m:.1f} MiB", m <= 60
 
+    # Process rows are judged on the second half of the epoch: prefetch's first batches come
+    # while its workers boot (warm start), so "after the first batch" would count the boot
+    # against it and not against the peers. The other rates are printed beside it.
     def py4():
-        b, s = _get(res, "py4ms-proc2", "prefetch-process"), _get(res, "py4ms-proc2", "serial")
-        return f"{b / s:.2f}x serial ({b:,.0f} vs {s:,.0f} b/s)", b >= 1.7 * s
+        wl = "py4ms-proc2"
+        b, s = _get(res, wl, "prefetch-process", "late_bps"), _get(res, wl, "serial")
+        first, whole = _get(res, wl, "prefetch-process"), _get(res, wl, "prefetch-process", "epoch_bps")
+        try:
+            bare = f"; {b / _get(res, wl, '2-processes-bare', 'late_bps'):.2f} of 2 bare processes"
+        except (Missing, NotRun):
+            bare = ""
+        return (f"{b / s:.2f}x serial ({b:,.0f} vs {s:,.0f} b/s{bare}; after the first batch {first / s:.2f}x, "
+                f"whole epoch {whole / s:.2f}x)"), b >= 1.7 * s
 
-    def arr_serial():
-        b, s = _get(res, "array18MiB-proc2", "prefetch-process"), _get(res, "array18MiB-proc2", "serial")
-        return f"{b / s:.2f}x serial ({b:,.0f} vs {s:,.0f} b/s)", b >= 0.8 * s
-
-    def arr_empty():
-        b, s = _get(res, "array18MiB-proc2", "prefetch-process-empty"), _get(res, "array18MiB-proc2", "serial")
-        return f"{b / s:.2f}x serial with prefetch.empty ({b:,.0f} vs {s:,.0f} b/s)", b >= 0.8 * s
+    def arr(row, label=""):
+        def f():
+            wl = "array18MiB-proc2"
+            b, s = _get(res, wl, row, "late_bps"), _get(res, wl, "serial")
+            first, whole = _get(res, wl, row), _get(res, wl, row, "epoch_bps")
+            return (f"{b / s:.2f}x serial{label} ({b:,.0f} vs {s:,.0f} b/s; after the first batch {first / s:.2f}x, "
+                    f"whole epoch {whole / s:.2f}x)"), b >= 0.8 * s
+        return f
 
     def arr_torch():
         b, t = _get(res, "array18MiB-proc2", "prefetch-process"), _get(res, "array18MiB-proc2", "torch-dl")
@@ -824,9 +880,10 @@ def targets(res: dict) -> list[tuple[str, str, str]]:
         "noop-threads-w2": [("noop-threads w=2: prefetch-thread >= 50,000 b/s (<= 20 us/batch)", noop_abs("noop-threads-w2")),
                             ("noop-threads w=2: prefetch-thread >= 5x best peer", noop_peer("noop-threads-w2"))],
         "rss": [("rss: prefetch-thread peak RSS <= 60 MiB", rss)],
-        "py4ms-proc2": [("py4ms-proc2: prefetch-process >= 1.7x serial", py4)],
-        "array18MiB-proc2": [("array18MiB-proc2: prefetch-process >= 0.8x serial", arr_serial),
-                             ("array18MiB-proc2: prefetch-process-empty >= 0.8x serial", arr_empty),
+        "py4ms-proc2": [("py4ms-proc2: prefetch-process >= 1.7x serial (2nd half)", py4)],
+        "array18MiB-proc2": [("array18MiB-proc2: prefetch-process >= 0.8x serial (2nd half)", arr("prefetch-process")),
+                             ("array18MiB-proc2: prefetch-process-empty >= 0.8x serial (2nd half)",
+                              arr("prefetch-process-empty", " with prefetch.empty")),
                              ("array18MiB-proc2: prefetch-process >= 4x torch DataLoader", arr_torch)],
         "noop-proc2": [("noop-proc2: prefetch-process >= 20,000 b/s", noopp_abs),
                        ("noop-proc2: prefetch-process TTFB <= 150 ms", noopp_ttfb)],
@@ -956,9 +1013,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prefetch benchmarks: {len(workloads)} workloads, {total} cells, repeat {repeat}"
           f"{', quick' if args.quick else ''}{f', scale {args.scale}' if args.scale != 1 else ''}; "
           f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs{sized}", flush=True)
-    print("   b/s: steady state, after the first batch; epoch b/s: whole epoch from constructing the "
-          "loader; RSS: peak over the process tree; PSS: peak proportional set size (shared pages split)",
-          flush=True)
+    print("   b/s: after the first batch; 2nd half b/s: the second half of the epoch (start-up over: "
+          "process targets use it); epoch b/s: whole epoch from constructing the loader; RSS: peak over "
+          "the process tree; PSS: peak proportional set size (shared pages split)", flush=True)
 
     t_start = time.perf_counter()
     raw: dict[str, dict[str, list[dict]]] = {}

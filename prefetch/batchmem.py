@@ -1,10 +1,11 @@
 """`prefetch.empty`: allocate a batch's arrays where the consumer will read them.
 
-In a process worker each batch has a shared-memory segment waiting for it. An array made
-with `prefetch.empty` inside `__getitem__` lives in that segment already, so handing the
-batch over copies nothing: the worker writes the data once, the consumer reads it in place.
-Anywhere else (threads, coroutines, serial iteration, a batch whose size is not known yet)
-it is plain `numpy.empty`.
+In a process worker each batch has a shared-memory segment waiting for it. Where the
+compiled allocator is installed (`engine/arena.py`), numpy itself already puts large arrays
+there and `prefetch.empty` is plain `numpy.empty`; without it, an array made with
+`prefetch.empty` inside `__getitem__` is placed in that segment by this module, so handing
+the batch over copies nothing either way. Anywhere else (threads, coroutines, serial
+iteration, a batch whose size is not known yet) it is plain `numpy.empty`.
 """
 
 from __future__ import annotations

@@ -170,6 +170,19 @@ def recv_fds(sock: socket.socket, n: int) -> list[int]:
 
 
 # -- batches ---------------------------------------------------------------------------------------
+def shared_bytes(value: Any) -> int:
+    """Bytes the arrays of a batch (a tree of tuple/list/dict) would take in a segment: a
+    first size for segments, from batches made before any went through one."""
+    if isinstance(value, np.ndarray):
+        n = value.nbytes
+        return _align(n) if n >= MIN_SHARED else 0
+    if isinstance(value, (tuple, list)):
+        return sum(shared_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(shared_bytes(v) for v in value.values())
+    return 0
+
+
 def encode(value: Any, segment: np.ndarray | None, arena: list | None = None) -> tuple[bytes, list[tuple[int, int]], int]:
     """Pickle `value`; its large contiguous buffers go into `segment` instead.
 

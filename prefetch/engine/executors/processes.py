@@ -440,6 +440,9 @@ class ProcessExecutor(Executor):
         else:
             if any(p.ready for p in self._procs):
                 self._end_warm_start()
+            if values and not self.pool.size_hint:
+                # The workers' first batches can go through shared memory straight away.
+                self.pool.observe(shm.shared_bytes(values[0]))
             self.report(job, values, failure, elapsed)
         self._dispatch()
 
