@@ -259,3 +259,39 @@ def test_temporaries_do_not_grow_shared_memory(no_leaks):
         size = loader._engine.executor.pool.size_hint
     # the 16 temporaries reuse one slot: the segment holds the output and about one temporary
     assert 4 * BIG <= size < 7 * BIG
+
+
+class ForksInside(PlainNumpy):
+    """Forks a child inside __getitem__ that allocates and frees large arrays of its own."""
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        import os
+
+        out = np.full((512, 1024), i, np.float32)  # 2 MiB, in the batch's segment
+        r, w = os.pipe()
+        pid = os.fork()  # what a library forking a helper from inside __getitem__ does
+        if pid == 0:
+            try:
+                del out  # the child's reference only; the batch lives on in the worker
+                # the child's own arrays: they must not land where the batch is
+                a = np.full((512, 1024), -1, np.float32)
+                b = np.concatenate([a.ravel(), a.ravel()])
+                b.resize(4 * BIG, refcheck=False)
+                os.write(w, b"ok" if a[0, 0] == -1 else b"bad")
+            finally:
+                os._exit(0)
+        os.close(w)
+        said = os.read(r, 8)
+        os.close(r)
+        os.waitpid(pid, 0)
+        assert said == b"ok", said
+        return out
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_a_child_forked_inside_getitem_leaves_the_batch_alone(no_leaks):
+    with prefetch.Loader(ForksInside(6), workers=1, executor="process", max_queue_size=2, warm_start=False) as loader:
+        for _ in range(2):
+            for i, batch in enumerate(loader):
+                assert (batch == i).all()

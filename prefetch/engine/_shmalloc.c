@@ -67,6 +67,9 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static Arena **arenas = NULL;
 static size_t n_arenas = 0, cap_arenas = 0;
 static Arena *current = NULL;
+/* In a child forked from a worker the segments are still shared with the worker: the child must
+ * neither place new arrays there nor write block headers when it frees one. */
+static int detached = 0;
 static size_t threshold = 32768;
 static PyObject *(*set_handler)(PyObject *) = NULL;
 static PyObject *handler_capsule = NULL;
@@ -163,7 +166,7 @@ static void arena_free(Arena *a, void *ptr) {
 /* -- the numpy handler ---------------------------------------------------------------------- */
 static void *h_malloc(void *ctx, size_t size) {
     (void)ctx;
-    if (size >= threshold) {
+    if (size >= threshold && !detached) {
         pthread_mutex_lock(&lock);
         Arena *a = current;
         void *p = a ? arena_alloc(a, size) : NULL;
@@ -180,7 +183,7 @@ static void *h_malloc(void *ctx, size_t size) {
 static void *h_calloc(void *ctx, size_t nelem, size_t elsize) {
     size_t size;
     if (__builtin_mul_overflow(nelem, elsize, &size)) return NULL;
-    if (size >= threshold && current) {
+    if (size >= threshold && current && !detached) {
         void *p = h_malloc(ctx, size);
         if (p) memset(p, 0, size); /* a recycled segment holds an older batch */
         return p;
@@ -194,7 +197,7 @@ static void h_free(void *ctx, void *ptr, size_t size) {
     if (!ptr) return;
     pthread_mutex_lock(&lock);
     Arena *a = n_arenas ? find(ptr) : NULL;
-    if (a) arena_free(a, ptr);
+    if (a && !detached) arena_free(a, ptr);
     pthread_mutex_unlock(&lock);
     if (!a) free(ptr);
 }
@@ -209,11 +212,12 @@ static void *h_realloc(void *ctx, void *ptr, size_t new_size) {
         Block *b = block_at(a, off);
         size_t need = round_up(new_size ? new_size : 1);
         old = b->size;
-        if (need <= b->size) { /* shrinking: keep the block */
+        if (detached) {
+            /* a forked child: move the data out, never touch the shared segment */
+        } else if (need <= b->size) { /* shrinking: keep the block */
             pthread_mutex_unlock(&lock);
             return ptr;
-        }
-        if (off == a->last && off + HDR + need <= a->cap) { /* the last block grows in place */
+        } else if (off == a->last && off + HDR + need <= a->cap) { /* the last block grows in place */
             b->size = need;
             a->end = off + HDR + need;
             if (a->end > a->peak) a->peak = a->end;
@@ -314,6 +318,15 @@ static PyObject *py_unregister(PyObject *self, PyObject *args) {
     return PyLong_FromSize_t(live);
 }
 
+/* In a child just forked from a worker (os.register_at_fork): stop using the segments. */
+static PyObject *py_detach(PyObject *self, PyObject *noargs) {
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    lock = fresh; /* another thread of the parent may have held it at the fork */
+    current = NULL;
+    detached = 1;
+    Py_RETURN_NONE;
+}
+
 /* New large allocations go to this segment from now on (it must hold no live block). */
 static PyObject *py_begin(PyObject *self, PyObject *args) {
     unsigned long long base;
@@ -373,6 +386,7 @@ static PyMethodDef methods[] = {
     {"begin", py_begin, METH_VARARGS, "begin(address) -> bool: new large arrays go to this segment."},
     {"end", py_end, METH_NOARGS, "end() -> (bytes in use, peak bytes, bytes the batch needed)."},
     {"live", py_live, METH_VARARGS, "live(address) -> blocks still in use in that segment."},
+    {"detach", py_detach, METH_NOARGS, "In a forked child: never place or free anything in the segments."},
     {"set_threshold", py_set_threshold, METH_VARARGS, "set_threshold(bytes): smallest array placed in a segment."},
     {NULL, NULL, 0, NULL}};
 

@@ -45,6 +45,11 @@ if _native is not None:
 
 HANDLER_NAME = "prefetch_shared_memory"
 
+if available and hasattr(os, "register_at_fork"):
+    # A dataset that forks inside __getitem__ (a library's helper process, say) must not have
+    # its child write into, or free blocks of, the segments it shares with this worker.
+    os.register_at_fork(after_in_child=_native.detach)
+
 
 def register(segment: np.ndarray) -> None:
     """A segment this worker mapped (a uint8 array over the whole mapping)."""

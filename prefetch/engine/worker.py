@@ -98,6 +98,8 @@ def main(conn: Any, slot: int, payload: bytes) -> None:
                 placement = arena.Placement(segment)
                 if placement.active:
                     used.append((seg_id, segment))
+                elif arena.available and segment is not None:
+                    segment = None  # arrays still live in it (cannot happen): leave it alone
                 token_mem = batchmem.enter(None if placement.active else segment)
                 try:
                     value = dataset[index]
