@@ -54,59 +54,62 @@ class _Segment:
         self.mm.close()
 
 
-@needs_allocator
-def test_large_arrays_land_in_the_segment_and_small_ones_do_not():
-    seg = _Segment(8 * BIG)
-    try:
-        place = arena.Placement(seg.view)
-        big, small = np.ones(BIG // 8), np.ones(10)
-        zeros = np.zeros(BIG // 8)  # calloc: zeros even where an older batch left data
-        used, peak, wanted = place.finish()
-        outside = np.ones(BIG // 8)  # after finish: the usual allocator again
-        assert seg.owns(big) and seg.owns(zeros) and not seg.owns(small) and not seg.owns(outside)
-        assert get_handler_name(big) == arena.HANDLER_NAME
-        assert get_handler_name(outside) != arena.HANDLER_NAME
-        assert (big == 1).all() and not zeros.any()
-        assert used == peak == wanted >= 2 * BIG
-        assert arena.live(seg.view) == 2
-        del big, zeros
-        assert arena.live(seg.view) == 0
-    finally:
+@pytest.fixture
+def segment():
+    """Makes registered segments; each is closed (and checked empty) after the test."""
+    made: list[_Segment] = []
+
+    def make(size: int) -> _Segment:
+        made.append(_Segment(size))
+        return made[-1]
+
+    yield make
+    for seg in made:
         seg.close()
 
 
 @needs_allocator
-def test_a_freed_temporary_is_reused_by_the_next_allocation():
-    seg = _Segment(8 * BIG)
-    try:
-        place = arena.Placement(seg.view)
-        tmp = np.empty(BIG, np.uint8)
-        keep = np.empty(BIG, np.uint8)
-        hole = tmp.ctypes.data
-        del tmp
-        again = np.empty(BIG // 2, np.uint8)  # fits in the hole the temporary left
-        _, peak, _ = place.finish()
-        assert again.ctypes.data == hole
-        assert peak < 3 * BIG
-        del keep, again
-    finally:
-        seg.close()
+def test_large_arrays_land_in_the_segment_and_small_ones_do_not(segment):
+    seg = segment(8 * BIG)
+    place = arena.Placement(seg.view)
+    big, small = np.ones(BIG // 8), np.ones(10)
+    zeros = np.zeros(BIG // 8)  # calloc: zeros even where an older batch left data
+    used, peak, wanted = place.finish()
+    outside = np.ones(BIG // 8)  # after finish: the usual allocator again
+    assert seg.owns(big) and seg.owns(zeros) and not seg.owns(small) and not seg.owns(outside)
+    assert get_handler_name(big) == arena.HANDLER_NAME
+    assert get_handler_name(outside) != arena.HANDLER_NAME
+    assert (big == 1).all() and not zeros.any()
+    assert used == peak == wanted >= 2 * BIG
+    assert arena.live(seg.view) == 2
+    del big, zeros
+    assert arena.live(seg.view) == 0
 
 
 @needs_allocator
-def test_what_does_not_fit_spills_to_ordinary_memory_and_sizes_the_next_segment():
-    seg = _Segment(2 * BIG)
-    try:
-        place = arena.Placement(seg.view)
-        a = np.full(BIG, 1, np.uint8)
-        b = np.full(2 * BIG, 2, np.uint8)  # too big for what is left
-        _, _, wanted = place.finish()
-        assert seg.owns(a) and not seg.owns(b)
-        assert wanted >= 3 * BIG
-        assert (a == 1).all() and (b == 2).all()
-    finally:
-        del a, b
-        seg.close()
+def test_a_freed_temporary_is_reused_by_the_next_allocation(segment):
+    seg = segment(8 * BIG)
+    place = arena.Placement(seg.view)
+    tmp = np.empty(BIG, np.uint8)
+    keep = np.empty(BIG, np.uint8)
+    hole = tmp.ctypes.data
+    del tmp
+    again = np.empty(BIG // 2, np.uint8)  # fits in the hole the temporary left
+    _, peak, _ = place.finish()
+    assert again.ctypes.data == hole and seg.owns(keep)
+    assert peak < 3 * BIG
+
+
+@needs_allocator
+def test_what_does_not_fit_spills_to_ordinary_memory_and_sizes_the_next_segment(segment):
+    seg = segment(2 * BIG)
+    place = arena.Placement(seg.view)
+    a = np.full(BIG, 1, np.uint8)
+    b = np.full(2 * BIG, 2, np.uint8)  # too big for what is left
+    _, _, wanted = place.finish()
+    assert seg.owns(a) and not seg.owns(b)
+    assert wanted >= 3 * BIG
+    assert (a == 1).all() and (b == 2).all()
 
 
 @needs_allocator

@@ -126,6 +126,17 @@ static void *arena_alloc(Arena *a, size_t n) {
     return a->base + off + HDR;
 }
 
+/* The free block at `second` joins the free block at `first`, just before it. */
+static void merge(Arena *a, size_t first, size_t second) {
+    Block *f = block_at(a, first), *s = block_at(a, second);
+    f->size += HDR + s->size;
+    s->magic = 0;
+    a->nfree--;
+    size_t after = first + HDR + f->size;
+    if (after < a->end) block_at(a, after)->prev = first;
+    else a->last = first;
+}
+
 static void arena_free(Arena *a, void *ptr) {
     size_t off = (size_t)((char *)ptr - a->base) - HDR;
     Block *b = block_at(a, off);
@@ -134,26 +145,12 @@ static void arena_free(Arena *a, void *ptr) {
     a->live--;
     a->nfree++;
     size_t next = off + HDR + b->size;
-    if (next < a->end && !block_at(a, next)->used) { /* merge the next block into this one */
-        Block *nb = block_at(a, next);
-        b->size += HDR + nb->size;
-        nb->magic = 0;
-        a->nfree--;
-        size_t after = off + HDR + b->size;
-        if (after < a->end) block_at(a, after)->prev = off;
-        else a->last = off;
-    }
-    if (b->prev != NONE && !block_at(a, b->prev)->used) { /* merge into the previous block */
+    if (next < a->end && !block_at(a, next)->used) merge(a, off, next);
+    if (b->prev != NONE && !block_at(a, b->prev)->used) {
         size_t p = b->prev;
-        Block *pb = block_at(a, p);
-        pb->size += HDR + b->size;
-        b->magic = 0;
-        a->nfree--;
-        size_t after = p + HDR + pb->size;
-        if (after < a->end) block_at(a, after)->prev = p;
-        else a->last = p;
+        merge(a, p, off);
         off = p;
-        b = pb;
+        b = block_at(a, p);
     }
     if (off == a->last) { /* a free block at the end: the heap shrinks */
         a->end = off;
