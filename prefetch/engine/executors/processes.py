@@ -446,10 +446,11 @@ class ProcessExecutor(Executor):
             self.report(job, values, failure, elapsed)
         self._dispatch()
 
-    def _end_warm_start(self) -> None:
+    def _end_warm_start(self, timeout: float = 0.0) -> None:
+        """Stop feeding the warm-start thread; it ends after the call it may be inside of."""
         warm, self._warm = self._warm, None
         if warm is not None:
-            warm.close(timeout=0)
+            warm.close(timeout=timeout)
 
     def cancel(self, owner) -> None:
         kept = deque()
@@ -601,7 +602,7 @@ class ProcessExecutor(Executor):
         if self._closed:
             return
         self._closed = True
-        self._end_warm_start()
+        self._end_warm_start(timeout=1.0)
         boot = self._boot_thread
         if boot is not None and boot is not threading.current_thread():
             boot.join(10)  # it stops after the worker it is starting; that one must end too
