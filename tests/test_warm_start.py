@@ -65,3 +65,15 @@ def test_an_exception_in_a_warm_start_batch_names_the_batch_and_where_it_ran(no_
         assert [b[0] for _, b in zip(range(2), loader)] == [0, 1]  # the next epoch works
     notes = "".join(getattr(info.value, "__notes__", []))
     assert "__getitem__(2)" in notes and "main process while process workers start" in notes
+
+
+@pytest.mark.timeout(30)
+def test_closing_while_workers_still_boot_leaves_nothing_behind(no_leaks):
+    loader = prefetch.Loader(SlowToStart(10, boot=2.0), workers=2, executor="process")
+    assert next(iter(loader)) == (0, os.getpid())
+    loader.close()  # the workers are still unpickling: they end too (no_leaks checks)
+
+
+@pytest.mark.timeout(30)
+def test_closing_right_after_construction_leaves_nothing_behind(no_leaks):
+    prefetch.Loader(SlowToStart(10, boot=2.0), workers=2, executor="process").close()

@@ -168,4 +168,3 @@ def main(conn: Any, slot: int, payload: bytes) -> None:
             dataset = loads(msg[1])
         elif kind == STOP:
             return
-

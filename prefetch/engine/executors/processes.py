@@ -210,19 +210,18 @@ class ProcessExecutor(Executor):
 
     def _adopt(self) -> None:
         """On the loop: take over workers the boot thread started."""
-        with self._boot_lock:
+        with self._boot_lock:  # against close() on another thread: each worker is ended once
+            if self._closed:
+                return  # close() ends those still in self._booted
             booted, self._booted = self._booted, []
             finished = self._boot_done
-        if self._closed:
-            self._booted.extend(booted)  # close() ends them
-            return
+            self._procs.extend(booted)
         for p in booted:
             try:
                 for msg in self._missed:  # what the epoch hooks changed while it booted
                     p.send(msg)
             except OSError:
                 pass  # it died already: its sentinel says so
-            self._procs.append(p)
             if self.loop is not None:
                 self._watch(p)
         if finished and self._booting:
@@ -601,7 +600,8 @@ class ProcessExecutor(Executor):
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
+        with self._boot_lock:
+            self._closed = True
         self._end_warm_start(timeout=1.0)
         boot = self._boot_thread
         if boot is not None and boot is not threading.current_thread():
