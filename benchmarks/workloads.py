@@ -18,8 +18,8 @@ import time
 import numpy as np
 
 
-class Noop:
-    """No work at all: the batch is the index. Measures per-batch overhead of a loader."""
+class Batches:
+    """`n` batches; subclasses say what one batch costs."""
 
     checkable = True
 
@@ -29,52 +29,42 @@ class Noop:
     def __len__(self) -> int:
         return self.n
 
+
+class Noop(Batches):
+    """No work at all: the batch is the index. Measures per-batch overhead of a loader."""
+
     def __getitem__(self, i: int) -> int:
         return i
 
 
-class Sleep:
+class Sleep(Batches):
     """Waits `seconds` without holding the GIL (`time.sleep`): I/O-like latency."""
 
-    checkable = True
-
     def __init__(self, n: int, seconds: float):
-        self.n = n
+        super().__init__(n)
         self.seconds = seconds
-
-    def __len__(self) -> int:
-        return self.n
 
     def __getitem__(self, i: int) -> int:
         time.sleep(self.seconds)
         return i
 
 
-class AsyncSleep:
+class AsyncSleep(Sleep):
     """The same wait as `Sleep`, as a coroutine (`await asyncio.sleep`)."""
 
-    checkable = True
-
-    def __init__(self, n: int, seconds: float):
-        self.n = n
-        self.seconds = seconds
-
-    def __len__(self) -> int:
-        return self.n
-
-    async def __getitem__(self, i: int) -> int:
+    async def __getitem__(self, i: int) -> int:  # type: ignore[override]
         await asyncio.sleep(self.seconds)
         return i
 
 
-class NumpySort:
+class NumpySort(Batches):
     """CPU work in numpy that releases the GIL: `np.sort` of `size` float32 values (a new
     sorted 4-byte-per-value array is the batch). `size` is calibrated to ~10 ms serial."""
 
     checkable = False
 
     def __init__(self, n: int, size: int, seed: int = 0):
-        self.n = n
+        super().__init__(n)
         self.size = size
         self.seed = seed
         self._data: np.ndarray | None = None  # built lazily, once per process
@@ -83,9 +73,6 @@ class NumpySort:
         state = dict(self.__dict__)
         state["_data"] = None  # workers rebuild it: pickles stay tiny
         return state
-
-    def __len__(self) -> int:
-        return self.n
 
     def prepare(self) -> None:
         """Build the data now (the harness calls this before timing); a process that
@@ -106,55 +93,39 @@ def py_work(iters: int) -> int:
     return s
 
 
-class PyLoop:
+class PyLoop(Batches):
     """Pure-Python CPU work that holds the GIL: a loop of `iters` multiply-adds (calibrated
     to ~4 ms serial). Threads cannot speed it up; processes can."""
 
-    checkable = True
-
     def __init__(self, n: int, iters: int):
-        self.n = n
+        super().__init__(n)
         self.iters = iters
-
-    def __len__(self) -> int:
-        return self.n
 
     def __getitem__(self, i: int) -> int:
         py_work(self.iters)
         return i
 
 
-class FreshArray:
+class FreshArray(Batches):
     """Each batch is a freshly allocated float32 array filled with the index (`shape`
     (4608, 1024) = 18 MiB). Cheap to make, expensive to move between processes."""
 
-    checkable = True
-
     def __init__(self, n: int, shape: tuple[int, ...] = (4608, 1024)):
-        self.n = n
+        super().__init__(n)
         self.shape = tuple(shape)
-
-    def __len__(self) -> int:
-        return self.n
 
     def __getitem__(self, i: int) -> np.ndarray:
         return np.full(self.shape, i, dtype=np.float32)
 
 
-class SmallArrays:
+class SmallArrays(Sleep):
     """A small, typical thread workload for the memory check: 1 ms wait, then a 64x64 float32
     array filled with the index."""
 
-    checkable = True
-
     def __init__(self, n: int, seconds: float = 0.001):
-        self.n = n
-        self.seconds = seconds
+        super().__init__(n, seconds)
 
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> np.ndarray:
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
         time.sleep(self.seconds)
         return np.full((64, 64), i, dtype=np.float32)
 

@@ -13,7 +13,6 @@ import gc
 import json
 import os
 import sys
-import threading
 import traceback
 import warnings
 
@@ -24,12 +23,13 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras  # noqa: E402
 
 import prefetch  # noqa: E402
+from adapter_datasets import Records  # noqa: E402 - tests/ is this script's directory
 from prefetch.adapters.keras import to_keras  # noqa: E402
 
 keras.utils.set_random_seed(0)
 
 
-class Recorded(prefetch.PyDataset):
+class Recorded(Records, prefetch.PyDataset):
     """Batch i is rows of a line y = 3x - 1 (plus a code column); records calls and hooks.
 
     `kind` picks the batch structure: "xy", "list", "xyw" (with sample weights), "dictx"
@@ -39,9 +39,6 @@ class Recorded(prefetch.PyDataset):
     def __init__(self, n: int, kind: str = "xy", rows: int = 8, weight: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.n, self.kind, self.rows, self.weight = n, kind, rows, weight
-        self.calls: list[int] = []
-        self.hooks: list[str] = []
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self.n
@@ -50,8 +47,7 @@ class Recorded(prefetch.PyDataset):
         return np.linspace(-1, 1, self.rows, dtype="float32").reshape(-1, 1) + 0.01 * i
 
     def __getitem__(self, i: int):
-        with self._lock:
-            self.calls.append(int(i))
+        self.record(i)
         x = self.x_of(i)
         y = 3 * x - 1
         if self.kind == "xy":
@@ -66,19 +62,12 @@ class Recorded(prefetch.PyDataset):
             return x
         raise AssertionError(self.kind)
 
-    def on_epoch_begin(self) -> None:
-        self.hooks.append("begin")
-
-    def on_epoch_end(self) -> None:
-        self.hooks.append("end")
-
 
 class Coded(Recorded):
     """y of batch i is 10**i (one row): a metric summing y_true says which batches were trained."""
 
     def __getitem__(self, i: int):
-        with self._lock:
-            self.calls.append(int(i))
+        self.record(i)
         return np.full((1, 1), float(i), "float32"), np.full((1, 1), 10.0 ** i, "float32")
 
 
@@ -113,30 +102,20 @@ class BatchCounter(keras.callbacks.Callback):
         self.per_epoch[-1] += 1
 
 
-class KerasLines(keras.utils.PyDataset):
-    """An existing Keras PyDataset, untouched by prefetch."""
+class KerasLines(Records, keras.utils.PyDataset):
+    """An existing Keras PyDataset, untouched by prefetch (recording is test instrumentation)."""
 
     def __init__(self, n: int, **kwargs):
         super().__init__(**kwargs)
         self.n = n
-        self.calls: list[int] = []
-        self.hooks: list[str] = []
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int):
-        with self._lock:
-            self.calls.append(int(i))
+        self.record(i)
         x = np.linspace(-1, 1, 8, dtype="float32").reshape(-1, 1)
         return x, 3 * x - 1
-
-    def on_epoch_begin(self) -> None:
-        self.hooks.append("begin")
-
-    def on_epoch_end(self) -> None:
-        self.hooks.append("end")
 
 
 def line_model(lr: float = 0.1, metrics=None) -> keras.Model:

@@ -27,16 +27,8 @@ class Sleepy(prefetch.PyDataset):
         return np.full(8, i, dtype=np.int64)
 
 
-class AsyncSleepy(prefetch.PyDataset):
+class AsyncSleepy(Sleepy):
     """The same, awaiting instead of blocking: only executor='async' applies."""
-
-    def __init__(self, n: int = 40, delay: float = 0.005, **kwargs):
-        super().__init__(**kwargs)
-        self.n = n
-        self.delay = delay
-
-    def __len__(self) -> int:
-        return self.n
 
     async def __getitem__(self, i: int) -> np.ndarray:
         await asyncio.sleep(self.delay)
