@@ -392,13 +392,13 @@ class _AsyncEpoch(_Epoch):
         super().__init__(loader)
         self._bridged = False
         self._started = False
+        self._alive: Callable[[], bool] = lambda: True
 
     def __aiter__(self) -> "_AsyncEpoch":
         return self
 
     async def _start(self) -> None:
         engine = self.loader._engine
-        self._started = True
         if running_loop() is not None:  # asyncio (else another anyio backend: trio)
             loop = await engine.prepare_async()
             self._open(loop, lambda fn, *args: fn(*args), same_thread=True)
@@ -407,16 +407,18 @@ class _AsyncEpoch(_Epoch):
 
             self._bridged = True
             lt = await anyio.to_thread.run_sync(engine.prepare_sync)
+            self._alive = lt.alive
             self._open(lt.loop, lt.call)
 
     async def __anext__(self) -> Any:
-        if not self._started:
-            await self._start()
         if self.dead:
             raise StopAsyncIteration
-        channel = self.channel
-        assert channel is not None
         try:
+            if not self._started:
+                self._started = True  # a start that fails aborts: this iterator is then done
+                await self._start()
+            channel = self.channel
+            assert channel is not None
             if self._bridged:
                 if not channel.items:
                     await self._bridge_wait(channel)
@@ -437,10 +439,8 @@ class _AsyncEpoch(_Epoch):
 
         t0 = perf_counter()
         while not channel.items:
-            if channel.closed:
-                raise RuntimeError("prefetch: the loader was closed while a batch was awaited")
             # Waits without taking, so an abandoned (cancelled) wait can never lose a batch.
-            await anyio.to_thread.run_sync(channel.wait_ready, 0.25, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(channel.wait_ready, self._alive, 0.25, abandon_on_cancel=True)
         self.loader.stats.add_wait(perf_counter() - t0)
 
     async def aclose(self) -> None:

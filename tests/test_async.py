@@ -110,3 +110,38 @@ def test_same_loader_sync_then_async_then_sync():
         assert list(loader) == list(range(15))
         assert asyncio.run(consume()) == list(range(15))
     assert not [t for t in threading.enumerate() if t.name.startswith("prefetch")]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_async_for_over_a_closed_loader_raises_instead_of_hanging():
+    loader = prefetch.Loader(Indices(5), workers=2)
+    assert [b async for b in loader] == list(range(5))
+    loader.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        async for _ in loader:
+            pass
+
+
+class FailsToBegin(Indices):
+    def __init__(self, n, **kwargs):
+        super().__init__(n, **kwargs)
+        self.refuse = True
+
+    def on_epoch_begin(self):
+        if self.refuse:
+            raise LookupError("not ready yet")
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_an_async_epoch_whose_start_fails_ends_cleanly_and_the_next_works():
+    ds = FailsToBegin(6)
+    with prefetch.Loader(ds, workers=2) as loader:
+        it = loader.__aiter__()
+        with pytest.raises(LookupError):
+            await it.__anext__()
+        with pytest.raises(StopAsyncIteration):  # not an internal assertion
+            await it.__anext__()
+        ds.refuse = False
+        assert [b async for b in loader] == list(range(6))

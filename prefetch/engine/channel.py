@@ -119,30 +119,31 @@ class Channel:
 
     def _wait(self, alive: Callable[[], bool]) -> Any:
         t0 = perf_counter()
+        try:
+            self.wait_ready(alive)
+            return self.items.popleft()
+        finally:
+            self.stats.add_wait(perf_counter() - t0)
+
+    def wait_ready(self, alive: Callable[[], bool] = lambda: True, timeout: float | None = None) -> None:
+        """Block until something is ready, without taking it (a bridged async consumer takes
+        it afterwards, so an abandoned wait loses nothing). With `timeout`, may return with
+        nothing ready. Raises if the loader closed or the engine loop died meanwhile."""
         items = self.items
+        deadline = None if timeout is None else perf_counter() + timeout
         try:
             while True:
                 self._consumer_waiting = True
                 if items:  # re-check after raising the flag: the producer may have just put
-                    self._consumer_waiting = False
-                    return items.popleft()
-                # The timeout is only a safety net (the engine thread dying); wake-ups are explicit.
-                if not self._wake.acquire(timeout=0.5) and not alive():
+                    return
+                # The 0.5 s bound is only a safety net (the engine thread dying); wake-ups are explicit.
+                wait = 0.5 if deadline is None else min(0.5, deadline - perf_counter())
+                if wait <= 0:
+                    return
+                if not self._wake.acquire(timeout=wait) and not alive():
                     raise RuntimeError("prefetch: the engine loop stopped while a batch was awaited")
                 if self.closed and not items:
                     raise RuntimeError("prefetch: the loader was closed while a batch was awaited")
-        finally:
-            self._consumer_waiting = False
-            self.stats.add_wait(perf_counter() - t0)
-
-    def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until something is ready, without taking it (for bridging async consumers)."""
-        if self.items:
-            return
-        self._consumer_waiting = True
-        try:
-            if not self.items:
-                self._wake.acquire(timeout=-1 if timeout is None else timeout)
         finally:
             self._consumer_waiting = False
 

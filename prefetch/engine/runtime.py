@@ -109,6 +109,7 @@ class Engine:
 
     async def prepare_async(self) -> asyncio.AbstractEventLoop:
         """Ready the engine for an epoch consumed on the running asyncio loop."""
+        self._check_open()
         loop = asyncio.get_running_loop()
         ex = self.executor
         if ex is None:
