@@ -183,7 +183,19 @@ class PlainNumpy(prefetch.PyDataset):
         for k, kept in self.cache.items():  # kept arrays are never overwritten by later batches
             if not (kept[0, 0] == k and kept[-1, -1] == k):
                 raise AssertionError(f"cached batch {k} was overwritten with {kept[0, 0]}")
-        return {"image": image, "zeros": zeros, "grown": grown, "where": get_handler_name(image)}
+        return {"image": image, "zeros": zeros, "grown": grown, "where": get_handler_name(image),
+                "mapping": _mapping_of(image.ctypes.data)}
+
+
+def _mapping_of(address: int) -> str:
+    """What /proc/self/maps says `address` lies in (a memfd segment, the heap, ...)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            span, *rest = line.split(maxsplit=5)
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            if lo <= address < hi:
+                return rest[-1].strip() if len(rest) == 5 else "[anonymous]"
+    return "?"
 
 
 def _check(batch: dict, i: int) -> None:
@@ -202,6 +214,7 @@ def test_plain_numpy_batches_are_built_in_shared_memory(no_leaks):
                 # the first batches tell the main process how big segments must be
                 if epoch:
                     assert batch["where"] == arena.HANDLER_NAME
+                    assert "memfd:prefetch" in batch["mapping"], batch["mapping"]  # really in the segment
                 batch["image"][0, 0] = -1  # writeable, and the consumer's own
                 if i % 4 == 0:
                     held.append((i, batch))

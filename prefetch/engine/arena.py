@@ -45,10 +45,15 @@ if _native is not None:
 
 HANDLER_NAME = "prefetch_shared_memory"
 
-if available and hasattr(os, "register_at_fork"):
-    # A dataset that forks inside __getitem__ (a library's helper process, say) must not have
-    # its child write into, or free blocks of, the segments it shares with this worker.
-    os.register_at_fork(after_in_child=_native.detach)
+
+
+def enable() -> None:
+    """In a worker process, before its first batch: children it forks later (a library's
+    helper process started inside __getitem__) must neither write into nor free blocks of the
+    segments they share with it. Only here: the forkserver imports this module too, and the
+    workers it forks must not start detached."""
+    if available and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_native.detach)
 
 
 def register(segment: np.ndarray) -> None:

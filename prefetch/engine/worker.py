@@ -63,6 +63,7 @@ def main(conn: Any, slot: int, payload: bytes) -> None:
         send(pickle.dumps((FATAL, describe_failure(-1, -1, exc)), protocol=5))
         return
     del payload
+    arena.enable()
     send(pickle.dumps((READY, os.getpid()), protocol=5))
 
     segments: dict[int, tuple[mmap.mmap, np.ndarray]] = {}
