@@ -57,9 +57,11 @@ def enter(segment: np.ndarray | None) -> Any:
     return _arena.set(None if segment is None else [segment, 0, 0])
 
 
-def state() -> list | None:
-    """[segment, bytes allocated, bytes that did not fit] of the current batch."""
-    return _arena.get()
+def usage() -> tuple[int, int]:
+    """(bytes allocated in the segment, bytes all `empty` arrays would have needed) of the
+    current batch."""
+    arena = _arena.get()
+    return (0, 0) if arena is None else (arena[1], arena[1] + arena[2])
 
 
 def leave(token: Any) -> None:

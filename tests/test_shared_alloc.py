@@ -314,3 +314,18 @@ def test_a_child_forked_inside_getitem_leaves_the_batch_alone(no_leaks):
         for _ in range(2):
             for i, batch in enumerate(loader):
                 assert (batch == i).all()
+
+
+class Growing(PlainNumpy):
+    """Batch i is (i + 1) MiB: each batch outgrows the segment sized for the one before."""
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.full((i + 1) * BIG, i, np.uint8)
+
+
+def test_a_batch_that_outgrows_its_segment_sizes_the_next_ones_once_not_twice(no_leaks):
+    with prefetch.Loader(Growing(8), workers=1, executor="process", max_queue_size=1, warm_start=False) as loader:
+        for i, batch in enumerate(loader):
+            assert batch.nbytes == (i + 1) * BIG and (batch == i).all()
+        size = loader._engine.executor.pool.size_hint
+    assert 8 * BIG <= size < 10 * BIG  # the largest batch plus rounding (9 MiB), not more

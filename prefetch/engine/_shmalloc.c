@@ -70,7 +70,7 @@ static Arena *current = NULL;
 /* In a child forked from a worker the segments are still shared with the worker: the child must
  * neither place new arrays there nor write block headers when it frees one. */
 static int detached = 0;
-static size_t threshold = 32768;
+static size_t threshold = 32768; /* set_threshold() from arena.py: shm.MIN_SHARED */
 static PyObject *(*set_handler)(PyObject *) = NULL;
 static PyObject *handler_capsule = NULL;
 

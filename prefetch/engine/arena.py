@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .shm import MIN_SHARED
+
 try:
     if os.environ.get("PREFETCH_SHM_ALLOCATOR", "1") == "0":
         raise ImportError("disabled by PREFETCH_SHM_ALLOCATOR=0")
@@ -39,6 +41,7 @@ available = False
 if _native is not None:
     try:
         _native.bind(_numpy_c_api())
+        _native.set_threshold(MIN_SHARED)  # what is smaller is pickled in-band anyway
         available = True
     except Exception:  # pragma: no cover - an unexpected numpy build: fall back to copying
         available = False

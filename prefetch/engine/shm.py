@@ -121,7 +121,10 @@ class SegmentPool:
 
     def give_back(self, seg: Segment) -> None:
         """On the loop: `seg` was assigned but not used."""
-        if seg.kept:
+        self._recycle(seg)
+
+    def _recycle(self, seg: Segment) -> None:
+        if seg.kept:  # a worker still holds an array in it
             self._retire(seg)
         else:
             self._free.append(seg)
@@ -129,11 +132,7 @@ class SegmentPool:
     def _collect(self) -> None:
         returned, free = self._returned, self._free
         while returned:
-            seg = returned.popleft()
-            if seg.kept:
-                self._retire(seg)
-            else:
-                free.append(seg)
+            self._recycle(returned.popleft())
         while len(free) > self.keep:
             self._retire(free.popleft())
 
@@ -183,18 +182,18 @@ def shared_bytes(value: Any) -> int:
     return 0
 
 
-def encode(value: Any, segment: np.ndarray | None, arena: list | None = None) -> tuple[bytes, list[tuple[int, int]], int]:
+def encode(value: Any, segment: np.ndarray | None, used: int = 0, floor: int = 0
+           ) -> tuple[bytes, list[tuple[int, int]], int]:
     """Pickle `value`; its large contiguous buffers go into `segment` instead.
 
-    Buffers already inside `segment` (made by `prefetch.empty`, `arena` = [segment, bytes
-    allocated, bytes that did not fit]) are referenced where they are; others are copied
-    after the allocated part when they fit. Returns (pickle bytes, [(offset, nbytes)] of the
-    out-of-band buffers in order, bytes the batch needed in all — so the main process can
-    size the next segments).
+    Buffers already inside `segment` (allocated there while the batch was made: its first
+    `used` bytes) are referenced where they are; others are copied after them when they fit.
+    `floor`: the bytes the batch's own allocations would have needed had they all fitted.
+    Returns (pickle bytes, [(offset, nbytes)] of the out-of-band buffers in order, bytes the
+    batch needed in all — so the main process can size the next segments).
     """
     placed: list[tuple[int, int]] = []
-    offset = arena[1] if arena is not None else 0
-    needed = offset + (arena[2] if arena is not None else 0)
+    offset = needed = used
     capacity = segment.nbytes if segment is not None else 0
     base = segment.ctypes.data if segment is not None else 0
 
@@ -210,7 +209,7 @@ def encode(value: Any, segment: np.ndarray | None, arena: list | None = None) ->
         src = np.frombuffer(raw, dtype=np.uint8)
         at = src.ctypes.data - base
         if segment is not None and 0 <= at and at + n <= capacity:
-            placed.append((at, n))  # made in place by prefetch.empty: nothing to copy
+            placed.append((at, n))  # allocated in the segment already: nothing to copy
             return False
         needed = _align(needed) + n
         start = _align(offset)
@@ -222,7 +221,8 @@ def encode(value: Any, segment: np.ndarray | None, arena: list | None = None) ->
         return False
 
     data = pickle.dumps(value, protocol=5, buffer_callback=place)
-    return data, placed, needed
+    # An array that did not fit is in `floor` already and again among the copies: not twice.
+    return data, placed, max(needed, floor)
 
 
 def decode(data: bytes, seg: Segment | None, placed: list[tuple[int, int]],

@@ -106,10 +106,9 @@ def main(conn: Any, slot: int, payload: bytes) -> None:
                     value = dataset[index]
                     if placement.active:
                         in_use, _, wanted = placement.finish()
-                        state = [segment, in_use, wanted - in_use]
                     else:
-                        state = batchmem.state()
-                    results.append(encode(value, segment, state))
+                        in_use, wanted = batchmem.usage()
+                    results.append(encode(value, segment, in_use, wanted))
                 except BaseException as exc:  # noqa: BLE001 - delivered to the consumer
                     failure = describe_failure(position, index, exc)
                     break
