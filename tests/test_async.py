@@ -145,3 +145,19 @@ async def test_an_async_epoch_whose_start_fails_ends_cleanly_and_the_next_works(
             await it.__anext__()
         ds.refuse = False
         assert [b async for b in loader] == list(range(6))
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_a_task_awaiting_a_batch_wakes_when_another_task_closes_the_loader():
+    loader = prefetch.Loader(AsyncIndices(10**6, delay=30), workers=1)  # no batch comes soon
+
+    async def consume():
+        async for _ in loader:
+            pass
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(0.2)
+    loader.close()
+    with pytest.raises(RuntimeError, match="ended"):
+        await asyncio.wait_for(task, 5)

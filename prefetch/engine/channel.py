@@ -29,6 +29,9 @@ class _Raise:
 END = _End()
 
 
+_ENDED = "prefetch: the epoch was ended (loader closed, or a newer iteration began) while a batch was awaited"
+
+
 class EpochEnded(Exception):
     """The channel's epoch is complete (internal signal, never reaches users)."""
 
@@ -143,7 +146,7 @@ class Channel:
                 if not self._wake.acquire(timeout=wait) and not alive():
                     raise RuntimeError("prefetch: the engine loop stopped while a batch was awaited")
                 if self.closed and not items:
-                    raise RuntimeError("prefetch: the loader was closed while a batch was awaited")
+                    raise RuntimeError(_ENDED)
         finally:
             self._consumer_waiting = False
 
@@ -154,6 +157,8 @@ class Channel:
             t0 = perf_counter()
             try:
                 while not items:
+                    if self.closed:
+                        raise RuntimeError(_ENDED)
                     self._waiter = self.loop.create_future()
                     await self._waiter
             finally:

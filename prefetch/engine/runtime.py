@@ -93,7 +93,6 @@ class Engine:
         so that the next `on_epoch_begin` never races a stale `__getitem__`."""
         if self.run is not None:
             self.run.cancel()
-            self.run.channel.close()
             self.run = None
         ex = self.executor
         if ex is not None and ex.in_process:
@@ -170,7 +169,6 @@ class Engine:
         run, ex = self.run, self.executor
         if run is not None:
             run.cancel()
-            run.channel.close()
         if ex is not None:
             try:
                 ex.unbind()

@@ -164,8 +164,15 @@ class EpochRun:
             self.channel.finish()
 
     def cancel(self) -> None:
-        """Stop scheduling; queued jobs are dropped and running ones' results discarded."""
+        """Stop scheduling; queued jobs are dropped and running ones' results discarded, and a
+        consumer still waiting on the channel is woken (what it has not taken stays there)."""
         if not self.cancelled:
             self.cancelled = True
             self._done.clear()
             self.executor.cancel(self)
+            self.channel.close()
+
+    @property
+    def active(self) -> bool:
+        """Still producing: not cancelled, not failed, not finished."""
+        return not (self.cancelled or self._stopped or self._finished)
