@@ -65,3 +65,19 @@ def test_auto_resizes_a_process_pool(no_leaks):
         pids = set(loader)
         assert loader.stats.workers >= 2
         assert len(pids) >= 2
+
+
+@pytest.mark.timeout(90)
+def test_auto_keeps_tuning_after_an_epoch_under_asyncio_run():
+    import asyncio
+
+    with prefetch.Loader(Indices(1500, delay=0.005), workers="auto", max_queue_size=32) as loader:
+        async def a_few():
+            async for i in loader:
+                if i == 5:
+                    break
+
+        asyncio.run(a_few())  # that loop is closed now; the tuner must follow the next epoch
+        before = loader.stats.workers
+        assert list(loader) == list(range(1500))
+        assert loader.stats.workers >= max(4, before + 1)

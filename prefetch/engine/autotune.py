@@ -52,28 +52,34 @@ class AutoTuner:
         self.previous: int | None = None  # workers before the change being probed
         self.best_rate = 0.0
         self.restless = 0
-        self.history: list[tuple[float, int, float, float]] = []  # (t, workers, rate, stall)
         self._run: Any = None
         self._timer: Any = None
+        self._loop: Any = None  # the loop the timer runs on
         self._mark: tuple[float, int, float] | None = None
         self._skip = 0
 
     def attach(self, run: Any) -> None:
-        """Follow a new epoch (on the loop thread)."""
+        """Follow a new epoch (on its loop's thread)."""
         self._run = run
         self._mark = None
-        if self._timer is None:
-            self._arm(run.channel.loop)
+        loop = run.channel.loop
+        # A timer left on another loop (the epoch before ran under asyncio.run, say) lapses
+        # by itself at its next tick: it is not this loop's.
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._arm()
 
-    def _arm(self, loop: Any) -> None:
-        self._timer = loop.call_later(self.interval, self._tick, loop)
+    def _arm(self) -> None:
+        self._timer = self._loop.call_later(self.interval, self._tick, self._loop)
 
     def _tick(self, loop: Any) -> None:
+        if loop is not self._loop:
+            return  # stale: the epochs moved to another loop, which has its own timer
         self._timer = None
         run = self._run
-        if run is None or run.cancelled or getattr(run, "_finished", False) or getattr(run, "_stopped", False):
+        if run is None or not run.active:
             return  # no epoch running: sleep until the next attach
-        self._arm(loop)
+        self._arm()
         now, s = perf_counter(), self.stats
         if self._mark is None:
             self._mark = (now, s.batches, s.wait_s)
@@ -87,10 +93,7 @@ class AutoTuner:
             self._skip -= 1
             return
         dt = now - t0
-        rate = batches / dt
-        stall = (s.wait_s - w0) / dt
-        self.history.append((now - s.started, self.executor.workers, rate, stall))
-        self._decide(rate, stall)
+        self._decide(batches / dt, (s.wait_s - w0) / dt)
 
     def _decide(self, rate: float, stall: float) -> None:
         workers = self.executor.workers
@@ -132,8 +135,3 @@ class AutoTuner:
         self.executor.resize(workers)
         self.stats.workers_changed(workers)
         self._skip = 1
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None

@@ -102,9 +102,6 @@ class LoopThread:
             fut.cancel()
             raise
 
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.loop.call_soon_threadsafe(fn, *args)
-
     def stop(self, timeout: float = 5.0) -> None:
         if not self.thread.is_alive():
             return
