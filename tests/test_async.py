@@ -161,3 +161,15 @@ async def test_a_task_awaiting_a_batch_wakes_when_another_task_closes_the_loader
     loader.close()
     with pytest.raises(RuntimeError, match="ended"):
         await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_break_then_close_leaves_no_worker_task_on_the_callers_loop():
+    loader = prefetch.Loader(AsyncIndices(100, delay=0.01), workers=4)
+    async for b in loader:
+        if b == 3:
+            break
+    loader.close()
+    await asyncio.sleep(0.05)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []

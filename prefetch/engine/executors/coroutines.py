@@ -67,14 +67,16 @@ class CoroutineExecutor(Executor):
     async def _worker(self) -> None:
         me = asyncio.current_task()
         assert me is not None
-        jobs, tasks, dataset, loop = self._jobs, self._tasks, self.dataset, self.loop
+        jobs, tasks, parked, dataset, loop = self._jobs, self._tasks, self._parked, self.dataset, self.loop
         try:
             while True:
+                if self._tasks is not tasks:
+                    return  # the executor moved to another loop (or closed): not ours any more
                 if not jobs:
                     if len(tasks) > self.workers:  # shrunk: retire
                         return
                     fut = loop.create_future()  # type: ignore[union-attr]
-                    self._parked.append(fut)
+                    parked.append(fut)
                     await fut
                     continue
                 job = jobs.popleft()
@@ -100,8 +102,9 @@ class CoroutineExecutor(Executor):
                 except asyncio.CancelledError:
                     if not job.owner.cancelled:
                         raise  # not an epoch cancel: the executor is closing
-                    if sys.version_info >= (3, 11):
-                        me.uncancel()
+                    # Cancelled again on top of the epoch's cancel (unbind, close): leave.
+                    if sys.version_info >= (3, 11) and me.uncancel() > 0:
+                        raise
                     values, failure = [], None
                 tasks[me] = None
                 self.report(job, values, failure, perf_counter() - t0)
@@ -135,9 +138,10 @@ class CoroutineExecutor(Executor):
     def close(self) -> None:
         self._jobs.clear()
         loop = self.loop
+        tasks = list(self._tasks)
+        self._tasks = {}  # workers that wake up find they are not ours any more
         if loop is None or loop.is_closed():
             return
-        tasks = list(self._tasks)
 
         def cancel_all() -> None:
             for task in tasks:
