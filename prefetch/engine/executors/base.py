@@ -143,14 +143,20 @@ class LoopPoster:
                 if self._scheduled:
                     return
                 self._scheduled = True
-            loop = self.loop
-            try:
-                loop.call_soon_threadsafe(self._drain)  # type: ignore[union-attr]
-            except (RuntimeError, AttributeError):
-                # The loop is closed: the loader is shutting down and nobody waits for this.
-                self._scheduled = False
+            self._schedule(self.loop)
 
-    def _drain(self) -> None:
+    def _schedule(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        try:
+            loop.call_soon_threadsafe(self._drain, loop)  # type: ignore[union-attr]
+        except (RuntimeError, AttributeError):
+            # The loop is closed: the loader is shutting down and nobody waits for this.
+            self._scheduled = False
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self.loop:
+            # Scheduled before the executor moved to another loop: deliver there, not here.
+            self._schedule(self.loop)
+            return
         self._scheduled = False  # reset first: a post racing with the drain schedules again
         q = self._queue
         while q:
@@ -161,4 +167,4 @@ class LoopPoster:
         if old is not loop and self._queue:
             # Reports parked for a loop that is gone (a closed asyncio.run) move to this one.
             self._scheduled = True
-            loop.call_soon_threadsafe(self._drain)
+            self._schedule(loop)

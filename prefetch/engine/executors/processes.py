@@ -204,12 +204,15 @@ class ProcessExecutor(Executor):
         loop = self.loop
         if loop is not None:
             try:
-                loop.call_soon_threadsafe(self._adopt)
+                loop.call_soon_threadsafe(self._adopt, loop)
             except RuntimeError:
                 pass  # that loop closed: the next bind() adopts them
 
-    def _adopt(self) -> None:
+    def _adopt(self, loop: Any = None) -> None:
         """On the loop: take over workers the boot thread started."""
+        if loop is not None and loop is not self.loop:
+            self._post_adopt()  # posted before a move to another loop: adopt there
+            return
         with self._boot_lock:  # against close() on another thread: each worker is ended once
             if self._closed:
                 return  # close() ends those still in self._booted
