@@ -118,8 +118,16 @@ class _Proc:
     def pid(self) -> int | None:
         return self.proc.pid
 
-    def send(self, msg: tuple) -> None:
-        self.conn.send_bytes(pickle.dumps(msg, protocol=5))
+    def send(self, msg: tuple, fds: list[int] | None = None) -> bool:
+        """Send `msg` (and file descriptors riding along); False if the worker is gone, which
+        its sentinel reports, so no caller needs to handle that here."""
+        try:
+            self.conn.send_bytes(pickle.dumps(msg, protocol=5))
+            if fds:
+                shm.send_fds(self.sock, fds)
+            return True
+        except OSError:
+            return False
 
     def close_conn(self) -> None:
         for closer in (self.sock.close, self.conn.close):
@@ -220,11 +228,8 @@ class ProcessExecutor(Executor):
             finished = self._boot_done
             self._procs.extend(booted)
         for p in booted:
-            try:
-                for msg in self._missed:  # what the epoch hooks changed while it booted
-                    p.send(msg)
-            except OSError:
-                pass  # it died already: its sentinel says so
+            for msg in self._missed:  # what the epoch hooks changed while it booted
+                p.send(msg)
             if self.loop is not None:
                 self._watch(p)
         if finished and self._booting:
@@ -238,10 +243,16 @@ class ProcessExecutor(Executor):
         grow, and to replace workers that died)."""
         if self._fatal is not None or self._booting:
             return
-        live = [p for p in self._procs if p.alive and not p.retiring]
-        used = {p.slot for p in live}
+        alive = [p for p in self._procs if p.alive]
+        missing = self.workers - sum(not p.retiring for p in alive)
+        for p in alive:  # a worker asked to retire that is still running is taken back first
+            if missing > 0 and p.retiring:
+                p.retiring = False
+                missing -= 1
+        # A slot is a worker's control-block entry and its random-seed stream: one per process.
+        used = {p.slot for p in alive}
         free = (s for s in itertools.count() if s not in used)
-        for _ in range(self.workers - len(live)):
+        for _ in range(missing):
             self._spawn(next(free))
 
     def _spawn(self, slot: int) -> _Proc:
@@ -261,8 +272,7 @@ class ProcessExecutor(Executor):
         child.close()
         p = _Proc(slot, proc, parent)
         if self.control is not None and slot < _CONTROL_SLOTS:
-            p.send((W.CTRL, _CONTROL_SLOTS))
-            shm.send_fds(p.sock, [self.control.fd])
+            p.send((W.CTRL, _CONTROL_SLOTS), [self.control.fd])
         return p
 
     def _watch(self, p: _Proc) -> None:
@@ -319,10 +329,7 @@ class ProcessExecutor(Executor):
     def _stop(self, p: _Proc) -> None:
         self._unwatch(p)
         p.alive = False
-        try:
-            p.send((W.STOP,))
-        except OSError:
-            pass
+        p.send((W.STOP,))
         self._procs.remove(p)
         self._retired.append(p)
 
@@ -405,19 +412,15 @@ class ProcessExecutor(Executor):
         if pool.retired:
             self._forget(pool.retired)
             pool.retired = []
+        # Accounted to the worker first: if it is dying, its sentinel reports this job.
+        job_id = self._next_job
+        self._next_job += 1
+        self._jobs[job_id] = (job, p, segs)
+        p.jobs.append(job_id)
         new = [s for s in segs if s is not None and s.id not in p.known]
-        try:
-            if new:
-                p.send((W.FDS, [(s.id, s.size) for s in new]))
-                shm.send_fds(p.sock, [s.fd for s in new])
-                p.known.update(s.id for s in new)
-            job_id = self._next_job
-            self._next_job += 1
-            self._jobs[job_id] = (job, p, segs)
-            p.jobs.append(job_id)
-            p.send((W.RUN, job_id, job.epoch, job.seed, job.items, [s.id if s is not None else None for s in segs]))
-        except OSError:
-            pass  # the worker is dying: its sentinel fires next and accounts for this job
+        if new and p.send((W.FDS, [(s.id, s.size) for s in new]), [s.fd for s in new]):
+            p.known.update(s.id for s in new)
+        p.send((W.RUN, job_id, job.epoch, job.seed, job.items, [s.id if s is not None else None for s in segs]))
 
     def _forget(self, ids: list[int]) -> None:
         gone = set(ids)
@@ -425,10 +428,7 @@ class ProcessExecutor(Executor):
             mine = p.known & gone
             if mine and p.alive:
                 p.known -= mine
-                try:
-                    p.send((W.FORGET, sorted(mine)))
-                except OSError:
-                    pass
+                p.send((W.FORGET, sorted(mine)))
 
     def _warm_done(self, report: tuple) -> None:
         """On the loop: the warm-start thread finished a job (or could not load the dataset)."""
@@ -507,7 +507,7 @@ class ProcessExecutor(Executor):
             if failure is not None and not cancelled:
                 position, index, exc = _rebuild_exception(failure, f"process worker {p.pid}")
                 fail = Failure(position, index, exc)
-            if p.retiring and not p.jobs:
+            if p.retiring and not p.jobs and p.alive:
                 self._stop(p)
             self.report(job, values, fail, elapsed)
             self._dispatch()
@@ -532,13 +532,13 @@ class ProcessExecutor(Executor):
     def _on_exit(self, p: _Proc) -> None:
         if not p.alive:
             return
+        p.alive = False  # first: the results drained below must not dispatch more work to it
         # Results it sent before dying are still in the socket: take them first.
         try:
             while p.conn.poll():
                 self._handle(p, pickle.loads(p.conn.recv_bytes()))
         except (EOFError, OSError):
             pass
-        p.alive = False
         self._unwatch(p)
         p.proc.join(1.0)
         code = p.proc.exitcode
@@ -614,10 +614,7 @@ class ProcessExecutor(Executor):
         procs = self._procs + self._retired + booted
         for p in procs:
             if p.alive:
-                try:
-                    p.send((W.STOP,))
-                except OSError:
-                    pass
+                p.send((W.STOP,))
         # A worker inside a long __getitem__ does not read STOP: give it a moment, then end it.
         _join_all([p.proc for p in procs], 0.3)
         for sig in ("terminate", "kill"):
