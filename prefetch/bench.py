@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-EXECUTORS = ("thread", "process", "async")
+from .stats import percentile
+
 DEFAULT_BATCHES = 500
 SAMPLE_S = 0.1  # process-tree memory sampling interval
 
@@ -159,11 +160,6 @@ class _Meter:
         }
 
 
-def _median(values: list[float]) -> float | None:
-    values = sorted(values)
-    return values[len(values) // 2] if values else None
-
-
 def _run_serial(ds: Any, spec: dict, meter_for: Callable[..., _Meter], is_async: bool) -> dict:
     """`ds[i]` in a loop (awaited one by one for a coroutine `__getitem__`), timed by hand."""
     from .dataset import num_batches_of
@@ -205,7 +201,7 @@ def _run_serial(ds: Any, spec: dict, meter_for: Callable[..., _Meter], is_async:
             if step:
                 time.sleep(step)
     out = meter.figures(t0)
-    out["getitem_p50_ms"] = _median(times) * 1e3 if times else None
+    out["getitem_p50_ms"] = percentile(times, 0.5) * 1e3 if times else None  # as Stats computes it
     return out
 
 

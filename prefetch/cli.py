@@ -15,7 +15,8 @@ import json
 import sys
 from typing import IO, Any, Sequence
 
-from .bench import EXECUTORS, Watcher
+from .bench import Watcher
+from .engine.executors import NAMED as EXECUTORS
 
 _RANK = {"thread": 0, "async": 1, "process": 2}  # cheaper first: what we recommend on a tie
 NEAR = 0.05  # settings within 5% of the fastest count as equally fast
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                             f"a {DEMO_STEP_MS:g} ms step)")
     bench.add_argument("--workers", type=_positive_ints, default=None, metavar="1,2,4,8",
                        help="worker counts to try (default: 1,2,4,8)")
-    bench.add_argument("--executor", type=_executors, default=["thread", "process", "async"],
+    bench.add_argument("--executor", type=_executors, default=list(EXECUTORS),
                        metavar="thread,process,async",
                        help="executors to try (default: all; async only for an async def __getitem__, "
                             "thread/process only for a plain one)")

@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator, Callable, Generic, Iterator, TypeVar
 
 from .dataset import inspect_dataset, num_batches_of
 from .engine.channel import Channel, EpochEnded
+from .engine.executors import NAMED as _KINDS
 from .engine.executors import executor_factory, is_dask_client
 from .engine.loop import running_loop
 from .engine.runtime import Engine
@@ -19,7 +20,6 @@ from .stats import Stats
 
 B = TypeVar("B")
 
-_KINDS = ("thread", "process", "async")
 _STATE_VERSION = 1
 
 
@@ -250,7 +250,7 @@ class Loader(Generic[B]):
             "seed": self.seed,
             "shuffle": self.shuffle,
             "num_batches": num_batches_of(self.dataset),
-            "shard": None if self.shard is None else [self.shard.index, self.shard.count, self.shard.pad],
+            "shard": _shard_key(self.shard),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -260,8 +260,11 @@ class Loader(Generic[B]):
         n = num_batches_of(self.dataset)
         if state["num_batches"] != n:
             raise ValueError(f"the state is for a dataset of {state['num_batches']} batches; this one has {n}")
-        shard = None if self.shard is None else [self.shard.index, self.shard.count, self.shard.pad]
-        if state["shard"] != shard and not (state["shard"] in (None, [0, 1, False]) and shard in (None, [0, 1, False])):
+        saved = state["shard"]
+        if saved is not None and saved[1] == 1:  # a single shard reads everything: same as none
+            saved = None
+        shard = _shard_key(self.shard)
+        if saved != shard:
             raise ValueError(f"the state is for shard {state['shard']}; this loader reads shard {shard}")
         if bool(state["shuffle"]) != self.shuffle:
             raise ValueError(f"the state was saved with shuffle={state['shuffle']}; this loader has {self.shuffle}")
@@ -292,6 +295,13 @@ class Loader(Generic[B]):
         return (f"Loader({type(self.dataset).__name__}, executor={self.executor!r}, workers={self.workers}, "
                 f"max_queue_size={self.max_queue_size}, shuffle={self.shuffle}, ordered={self.ordered}, "
                 f"epoch={self._epoch})")
+
+
+def _shard_key(shard: Shard | None) -> list | None:
+    """How a state names the shard: None for all batches (no shard, or a shard of one)."""
+    if shard is None or shard.count == 1:
+        return None
+    return [shard.index, shard.count, shard.pad]
 
 
 class _Epoch:

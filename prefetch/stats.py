@@ -14,7 +14,7 @@ from typing import Any
 _KEEP = 4096  # recent samples kept for percentiles and the timeline
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     values = sorted(values)
@@ -118,7 +118,7 @@ class Stats:
 
     def latency(self, q: float) -> float | None:
         """`__getitem__` latency at quantile `q` (0.5 = median) over recent batches, seconds."""
-        return _percentile(list(self._latencies), q)
+        return percentile(list(self._latencies), q)
 
     @property
     def utilisation(self) -> float:
@@ -137,7 +137,7 @@ class Stats:
             "iterating_s": self.iterating_s,
             "wait_s": self.wait_s,
             "wait_per_batch_s": self.wait_per_batch_s,
-            "wait_p95_s": _percentile(list(self._wait_samples), 0.95) or 0.0,
+            "wait_p95_s": percentile(list(self._wait_samples), 0.95) or 0.0,
             "stall_fraction": self.stall_fraction,
             "first_batch_s": self.first_batch_s,
             "getitem_p50_s": self.latency(0.5),

@@ -291,12 +291,12 @@ def to_keras(data: Any, *, class_weight: dict[int, float] | None = None, **loade
         if loader_kwargs or class_weight is not None:
             raise TypeError("to_keras() got an adapter: build it with these arguments instead")
         return data
+    if class_weight is not None and not isinstance(class_weight, dict):  # before a Loader starts workers
+        raise TypeError(f"class_weight must be a dict {{class index: weight}}, got {type(class_weight).__name__}")
     if isinstance(data, Loader):
         if loader_kwargs:
             raise TypeError(f"to_keras() got a Loader, so it takes no Loader arguments: {sorted(loader_kwargs)}")
         loader, owns = data, False
     else:
         loader, owns = Loader(data, **loader_kwargs), True
-    if class_weight is not None and not isinstance(class_weight, dict):
-        raise TypeError(f"class_weight must be a dict {{class index: weight}}, got {type(class_weight).__name__}")
     return _adapter_class()(loader, owns_loader=owns, class_weight=class_weight)

@@ -7,7 +7,9 @@ from typing import Any, Callable
 
 from .base import Executor, Failure, Job
 
-__all__ = ["Executor", "Failure", "Job", "executor_factory", "is_dask_client"]
+__all__ = ["NAMED", "Executor", "Failure", "Job", "executor_factory", "is_dask_client"]
+
+NAMED = ("thread", "process", "async")  # the executors a Loader (and the bench CLI) takes by name
 
 
 def is_dask_client(obj: Any) -> bool:
