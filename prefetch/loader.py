@@ -106,12 +106,6 @@ class Loader(Generic[B]):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
         if start_method not in (None, "forkserver", "spawn", "fork"):
             raise ValueError(f"start_method must be 'forkserver', 'spawn' or 'fork', got {start_method!r}")
-        snapshot = None
-        if kind == "process" and not info.is_async:
-            from .engine.executors.processes import Snapshot
-
-            snapshot = Snapshot(dataset)  # fails here, naming what does not pickle
-
         self.dataset = dataset
         self.workers = workers
         self.max_queue_size = window
@@ -130,10 +124,9 @@ class Loader(Generic[B]):
         self._sizer: ChunkSizer | None = None
         self._autotune = None
         make = executor_factory(self.executor, dataset, workers, window=window, is_async=info.is_async,
-                                start_method=start_method, snapshot=snapshot, warm_start=bool(warm_start))
+                                start_method=start_method, warm_start=bool(warm_start))
         self._engine = Engine(make)
-        if getattr(make, "blocks", False):
-            self._engine.start_soon()  # processes boot while the caller builds its model
+        self._engine.start_early()  # process workers boot while the caller builds its model
         # The engine never refers back to the loader, so a dropped loader is collected and
         # this closes its workers (also at interpreter exit).
         self._finalizer = weakref.finalize(self, self._engine.close)

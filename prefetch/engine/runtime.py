@@ -19,6 +19,7 @@ from .scheduler import EpochRun
 class Engine:
     def __init__(self, make_executor: Callable[[], Executor]):
         self._make_executor = make_executor
+        self._blocks = getattr(make_executor, "blocks", False)  # see executor_factory
         self.executor: Executor | None = None
         self.thread: LoopThread | None = None
         self.run: EpochRun | None = None
@@ -43,9 +44,16 @@ class Engine:
                 self.executor = executor
             return self.executor
 
-    def start_soon(self) -> None:
-        """Start the executor in the background now (process workers take a while to boot),
-        so they are ready by the first epoch; an error there resurfaces at that epoch."""
+    def start_early(self) -> None:
+        """At the Loader's construction: start executors that gain from it (process workers
+        boot while the caller builds its model) — slow ones in the background, where an error
+        resurfaces at the first epoch."""
+        if self._blocks:
+            self._start_soon()
+        elif getattr(self._make_executor, "eager", False):
+            self.ensure_executor()
+
+    def _start_soon(self) -> None:
 
         def start() -> None:
             try:
@@ -110,18 +118,14 @@ class Engine:
         """Ready the engine for an epoch consumed on the running asyncio loop."""
         self._check_open()
         loop = asyncio.get_running_loop()
-        ex = self.executor
-        if ex is None:
-            if self._make_executor_blocks():
+        if self.executor is None:
+            if self._blocks:
                 await asyncio.to_thread(self.ensure_executor)
             else:
                 self.ensure_executor()
         self._leave(loop)
         await self._quiesce()
         return loop
-
-    def _make_executor_blocks(self) -> bool:
-        return getattr(self._make_executor, "blocks", False)
 
     def launch(self, run: EpochRun) -> None:
         """Start `run` (on its loop's thread)."""

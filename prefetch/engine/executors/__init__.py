@@ -18,9 +18,12 @@ def is_dask_client(obj: Any) -> bool:
 
 
 def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_async: bool,
-                     start_method: str | None, snapshot: Any = None, warm_start: bool = True
-                     ) -> Callable[[], Executor]:
-    """A zero-argument constructor for the executor a Loader asked for."""
+                     start_method: str | None, warm_start: bool = True) -> Callable[[], Executor]:
+    """A zero-argument constructor for the executor a Loader asked for.
+
+    Attributes on it tell the engine when to call it: `eager` (cheap to start, and starting
+    early pays: right away), `blocks` (slow to start: on a background thread, right away).
+    """
     if is_async:
         from .coroutines import CoroutineExecutor
 
@@ -30,13 +33,15 @@ def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_a
 
         return lambda: ThreadExecutor(dataset, workers)
     if kind == "process":
-        from .processes import ProcessExecutor
+        from .processes import ProcessExecutor, Snapshot
+
+        snapshot = Snapshot(dataset)  # now: an unpicklable dataset fails at Loader(), naming the culprit
 
         def make() -> Executor:
-            return ProcessExecutor(dataset, workers, window=window, start_method=start_method, snapshot=snapshot,
+            return ProcessExecutor(dataset, workers, snapshot, window=window, start_method=start_method,
                                    warm_start=warm_start)
 
-        make.blocks = True  # type: ignore[attr-defined]  # starting processes takes a while
+        make.eager = True  # type: ignore[attr-defined]  # start() returns at once; workers boot on a thread
         return make
     if isinstance(kind, cf.Executor):
         from .futures import FuturesExecutor

@@ -143,8 +143,8 @@ class ProcessExecutor(Executor):
     in_process = False
     job_overhead = 100e-6
 
-    def __init__(self, dataset: Any, workers: int, *, window: int, start_method: str | None = None,
-                 snapshot: Snapshot | None = None, warm_start: bool = True):
+    def __init__(self, dataset: Any, workers: int, snapshot: Snapshot, *, window: int,
+                 start_method: str | None = None, warm_start: bool = True):
         super().__init__(workers)
         self.dataset = dataset
         self.start_method = start_method or default_start_method()
@@ -157,8 +157,8 @@ class ProcessExecutor(Executor):
         self._jobs: dict[int, tuple[Job, _Proc, list]] = {}
         self._next_job = 0
         # Taken when the Loader was built (it doubled as the picklability check): not again here.
-        self._payload: bytes | None = snapshot.payload if snapshot else None
-        self._prints: dict[str, bytes] | bytes | None = snapshot.prints if snapshot else None
+        self._payload: bytes | None = snapshot.payload
+        self._prints: dict[str, bytes] | bytes = snapshot.prints
         self._fatal: BaseException | None = None
         self._boot_failure: tuple | None = None  # (pid, exit code) of a worker that died before it was ready
         self._closed = False
@@ -175,9 +175,6 @@ class ProcessExecutor(Executor):
     # -- workers --------------------------------------------------------------------------------
     def start(self) -> None:
         self.control = shm.ControlBlock(_CONTROL_SLOTS)
-        if self._prints is None:
-            snap = Snapshot(self.dataset)
-            self._payload, self._prints = snap.payload, snap.prints
         if self.start_method == "forkserver":
             # Workers fork from a server that already imported the worker module and numpy.
             self.ctx.set_forkserver_preload(["prefetch.engine.forkserver", "prefetch.engine.worker"])
@@ -350,13 +347,14 @@ class ProcessExecutor(Executor):
         if new == old:
             return
         self._prints = new
-        self._payload = None  # a replacement worker gets the dataset as it is now
         if isinstance(new, dict) and isinstance(old, dict):
             state = vars(self.dataset)
             changed = {k: pickle.dumps(state[k], protocol=5) for k, d in new.items() if old.get(k) != d}
             msg: tuple = (W.SYNC, changed, [k for k in old if k not in new])
+            self._payload = None  # a replacement worker gets the dataset as it is now, pickled then
         else:
-            msg = (W.REPLACE, pickle.dumps(self.dataset, protocol=5))
+            self._payload = pickle.dumps(self.dataset, protocol=5)  # for replacements too
+            msg = (W.REPLACE, self._payload)
         if self._booting:
             self._missed.append(msg)  # workers still booting started from the first snapshot
         for p in self._procs:
