@@ -40,6 +40,22 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+def portable(exc: BaseException) -> BaseException:
+    """`exc` if it survives pickling (to leave a worker process), else a RuntimeError that
+    carries its type, text and notes."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any pickling failure
+        stand_in = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
+                                "(the exception could not be pickled to leave the worker)")
+        for note in getattr(exc, "__notes__", ()):
+            add_note(stand_in, note)
+        return stand_in
+
+
 def add_note(exc: BaseException, note: str) -> None:
     """`exc.add_note` where it exists (3.11+); the same `__notes__` list before that."""
     if hasattr(exc, "add_note"):

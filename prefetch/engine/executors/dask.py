@@ -43,20 +43,14 @@ import threading
 import warnings
 from typing import Any
 
-from ...errors import WorkerError, add_note, annotate
+from ...errors import WorkerError, annotate
 from ..fingerprint import fingerprint
 from .base import Executor, Failure, Job, LoopPoster
-from .threads import run_items
+from .threads import run_remote
 
 #: how often one batch may lose its dataset copy (a dying single-worker cluster) before it fails
 _MAX_LOSSES = 3
 _STOP = None
-
-
-class _Plain:
-    """Stands in for the job's owner on a dask worker (the real one stays on the engine loop)."""
-
-    cancelled = False
 
 
 def prefetch_batch(dataset: Any, epoch: int, seed: int, items: list) -> tuple[list, Failure | None, float]:
@@ -70,23 +64,7 @@ def prefetch_batch(dataset: Any, epoch: int, seed: int, items: list) -> tuple[li
         where = f"dask worker {get_worker().address}"
     except Exception:  # noqa: BLE001 - only used to label errors
         where = "a dask worker"
-    values, failure, elapsed = run_items(dataset, Job(_Plain(), epoch, seed, items), where)
-    if failure is not None:
-        failure.error = _portable(failure.error)
-    return values, failure, elapsed
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """`exc` if it survives pickling (dask must send it back), else a RuntimeError with its text."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:  # noqa: BLE001 - any pickling failure
-        stand_in = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
-                                "(the exception could not be pickled to leave the dask worker)")
-        for note in getattr(exc, "__notes__", ()):
-            add_note(stand_in, note)
-        return stand_in
+    return run_remote(dataset, epoch, seed, items, where)
 
 
 class _Payload:

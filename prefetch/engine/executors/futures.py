@@ -6,18 +6,7 @@ import concurrent.futures as cf
 from typing import Any
 
 from .base import Executor, Failure, Job, LoopPoster
-from .threads import run_items
-
-
-class _Plain:
-    """A picklable stand-in for the job's owner inside another process."""
-
-    cancelled = False
-
-
-def run_job(dataset: Any, epoch: int, seed: int, items: list) -> tuple[list, Failure | None, float]:
-    """Runs in the user's executor (maybe another process): everything here must pickle."""
-    return run_items(dataset, Job(_Plain(), epoch, seed, items), "a concurrent.futures worker")
+from .threads import run_remote
 
 
 class FuturesExecutor(Executor):
@@ -38,7 +27,7 @@ class FuturesExecutor(Executor):
         self._poster.rebind(loop)
 
     def _submit(self, job: Job) -> None:
-        fut = self.pool.submit(run_job, self.dataset, job.epoch, job.seed, job.items)
+        fut = self.pool.submit(run_remote, self.dataset, job.epoch, job.seed, job.items, "a concurrent.futures worker")
         self._futures[fut] = job
         fut.add_done_callback(self._poster.post)
 

@@ -8,7 +8,7 @@ import warnings
 from time import perf_counter
 from typing import Any
 
-from ...errors import annotate
+from ...errors import annotate, portable
 from ...randomness import enter_batch, exit_batch
 from ..loop import tighten_timer_slack
 from .base import Executor, Failure, Job, LoopPoster
@@ -38,6 +38,22 @@ def run_items(dataset: Any, job: Job, where: str) -> tuple[list, Failure | None,
         finally:
             exit_batch(token)
     return values, failure, perf_counter() - t0
+
+
+class _Detached:
+    """Stands in for a job's owner where the job runs in another process (the real owner stays
+    on the engine loop); such a job is never cancelled from there."""
+
+    cancelled = False
+
+
+def run_remote(dataset: Any, epoch: int, seed: int, items: list, where: str) -> tuple[list, Failure | None, float]:
+    """`run_items` for a job sent elsewhere (a process pool, a dask worker): everything here
+    must pickle, the failure's exception included."""
+    values, failure, elapsed = run_items(dataset, Job(_Detached(), epoch, seed, items), where)
+    if failure is not None:
+        failure.error = portable(failure.error)
+    return values, failure, elapsed
 
 
 class ThreadExecutor(Executor):
