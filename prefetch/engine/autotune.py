@@ -26,7 +26,7 @@ RESTLESS = 4  # settled, this many stalled intervals in a row start a new climb
 
 def _budget(executor: Any, window: int) -> int:
     cap = window
-    if not executor.in_process:  # processes (or a cluster): each worker costs a CPU and memory
+    if executor.local_processes:  # each worker costs a CPU and memory here (not so on a cluster)
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         cap = min(cap, max(1, cpus))
         try:

@@ -60,6 +60,8 @@ class Executor:
     chunks: bool = True
     #: whether running jobs share the consumer's interpreter (hooks must not race them)
     in_process: bool = True
+    #: whether each worker is a process on this machine (costs a CPU and memory here)
+    local_processes: bool = False
     #: a fixed guess of one job's overhead in seconds, used by the chunk sizer
     job_overhead: float = 30e-6
 

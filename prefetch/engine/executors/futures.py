@@ -20,6 +20,7 @@ class FuturesExecutor(Executor):
         self._futures: dict[cf.Future, Job] = {}
         if isinstance(pool, cf.ProcessPoolExecutor):
             self.in_process = False
+            self.local_processes = True
             self.job_overhead = 300e-6
 
     def bind(self, loop) -> None:

@@ -141,6 +141,7 @@ class ProcessExecutor(Executor):
     """`workers` persistent processes; see the module docstring."""
 
     in_process = False
+    local_processes = True
     job_overhead = 100e-6
 
     def __init__(self, dataset: Any, workers: int, snapshot: Snapshot, *, window: int,
@@ -154,7 +155,7 @@ class ProcessExecutor(Executor):
         self._procs: list[_Proc] = []
         self._retired: list[_Proc] = []
         self._pending: deque[Job] = deque()
-        self._jobs: dict[int, tuple[Job, _Proc, list]] = {}
+        self._jobs: dict[int, tuple[Job, list]] = {}  # job id -> (job, its segments)
         self._next_job = 0
         # Taken when the Loader was built (it doubled as the picklability check): not again here.
         self._payload: bytes | None = snapshot.payload
@@ -413,7 +414,7 @@ class ProcessExecutor(Executor):
         # Accounted to the worker first: if it is dying, its sentinel reports this job.
         job_id = self._next_job
         self._next_job += 1
-        self._jobs[job_id] = (job, p, segs)
+        self._jobs[job_id] = (job, segs)
         p.jobs.append(job_id)
         new = [s for s in segs if s is not None and s.id not in p.known]
         if new and p.send((W.FDS, [(s.id, s.size) for s in new]), [s.fd for s in new]):
@@ -475,7 +476,7 @@ class ProcessExecutor(Executor):
         kind = msg[0]
         if kind == W.DONE:
             _, job_id, results, failure, elapsed, kept = msg
-            job, _, segs = self._jobs.pop(job_id)
+            job, segs = self._jobs.pop(job_id)
             if kept:
                 for seg in segs:
                     if seg is not None and seg.id in kept:
@@ -549,7 +550,7 @@ class ProcessExecutor(Executor):
             self._end_warm_start()  # say so now, rather than serve the epoch from this process
         first = True
         while p.jobs:
-            job, _, segs = self._jobs.pop(p.jobs.popleft())
+            job, segs = self._jobs.pop(p.jobs.popleft())
             for seg in segs:
                 if seg is not None:
                     self.pool.give_back(seg)
