@@ -26,12 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["JaxBatches", "to_jax"]
 
 
-def _is_device_leaf(x: Any) -> bool:
-    import jax
-
-    return is_array_leaf(x) or isinstance(x, jax.Array)
-
-
 class JaxBatches:
     """An iterable over a loader's epochs with `jax.Array` leaves on device; see `to_jax`."""
 
@@ -44,6 +38,7 @@ class JaxBatches:
         self.loader = loader
         self.device_prefetch = device_prefetch
         self.sharding = sharding
+        self._global: bool | None = None  # a Sharding across processes: decided at the first batch
 
     def __len__(self) -> int:
         """Batches per epoch: `len(loader)`; `TypeError` when the loader is infinite."""
@@ -54,11 +49,13 @@ class JaxBatches:
         import jax
 
         leaves, treedef = jax.tree_util.tree_flatten(batch)
-        where = [i for i, leaf in enumerate(leaves) if _is_device_leaf(leaf)]
+        where = [i for i, leaf in enumerate(leaves) if is_array_leaf(leaf) or isinstance(leaf, jax.Array)]
         if not where:
             return batch
         arrays = [leaves[i] for i in where]
-        if isinstance(self.sharding, jax.sharding.Sharding) and jax.process_count() > 1:
+        if self._global is None:
+            self._global = isinstance(self.sharding, jax.sharding.Sharding) and jax.process_count() > 1
+        if self._global:
             # Each host holds only its own rows: assemble the global array from the
             # process-local parts instead of copying one host's data everywhere.
             placed = [jax.make_array_from_process_local_data(self.sharding, np.asarray(a)) for a in arrays]

@@ -56,14 +56,15 @@ def to_tensor_tree(batch: Any) -> Any:
     """
     import torch
 
-    def leaf(x: Any) -> Any:
-        if isinstance(x, np.ndarray) and is_array_leaf(x):
-            return torch.from_numpy(_shareable(x))
-        if isinstance(x, np.generic) and is_array_leaf(x):
-            return torch.as_tensor(x)
-        return x
+    return map_structure(lambda x: _tensor_leaf(torch, x), batch)
 
-    return map_structure(leaf, batch)
+
+def _tensor_leaf(torch: Any, x: Any) -> Any:
+    if isinstance(x, np.ndarray) and is_array_leaf(x):
+        return torch.from_numpy(_shareable(x))
+    if isinstance(x, np.generic) and is_array_leaf(x):
+        return torch.as_tensor(x)
+    return x
 
 
 class TorchBatches:
@@ -86,29 +87,33 @@ class TorchBatches:
         # A copy to an accelerator runs asynchronously; keeping one batch ahead overlaps
         # it with the training step. On the CPU there is nothing to overlap.
         self._transfer = self.device is not None and not on_cpu
+        self._leaf = self._leaf_function(torch)
 
     def __len__(self) -> int:
         """Batches per epoch: `len(loader)`; `TypeError` when the loader is infinite."""
         return len(self.loader)  # type: ignore[arg-type]
 
-    def _convert(self, batch: Any) -> Any:
-        import torch
+    def _leaf_function(self, torch: Any) -> Any:
+        """What happens to one leaf, decided once: convert, then pin and move if asked."""
+        pin, transfer, device = self.pin_memory, self._transfer, self.device
+        if not (pin or transfer):
+            return lambda x: _tensor_leaf(torch, x)
 
-        tensors = to_tensor_tree(batch)
-        if not (self.pin_memory or self._transfer):
-            return tensors
-
-        def move(x: Any) -> Any:
+        def leaf(x: Any) -> Any:
+            x = _tensor_leaf(torch, x)
             if not isinstance(x, torch.Tensor):
                 return x
-            if self.pin_memory and x.device.type == "cpu" and not x.is_pinned():
+            if pin and x.device.type == "cpu" and not x.is_pinned():
                 x = x.pin_memory()
-            if self._transfer:
+            if transfer:
                 # From pinned memory this returns at once; the copy runs on the stream.
-                x = x.to(self.device, non_blocking=True)
+                x = x.to(device, non_blocking=True)
             return x
 
-        return map_structure(move, tensors)
+        return leaf
+
+    def _convert(self, batch: Any) -> Any:
+        return map_structure(self._leaf, batch)
 
     def __iter__(self) -> Iterator[Any]:
         return converted_ahead(self.loader, self._convert, 1 if self._transfer else 0)
