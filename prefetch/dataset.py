@@ -47,7 +47,7 @@ class PyDataset:
                 setattr(self, name, _DEFAULTS[name])
             warnings.warn(
                 f"{type(self).__name__} should call `super().__init__(**kwargs)` in its constructor; "
-                "using the defaults workers=1, use_multiprocessing=False, max_queue_size=10.",
+                "using the defaults " + ", ".join(f"{k[1:]}={v}" for k, v in _DEFAULTS.items()) + ".",
                 stacklevel=3,
             )
 
@@ -157,7 +157,7 @@ def inspect_dataset(dataset: Any) -> DatasetInfo:
     return DatasetInfo(
         num_batches=num_batches,
         is_async=inspect.iscoroutinefunction(cls.__getitem__),
-        workers=_own_attr(dataset, "workers", 1),
-        use_multiprocessing=bool(_own_attr(dataset, "use_multiprocessing", False)),
-        max_queue_size=_own_attr(dataset, "max_queue_size", 10),
+        workers=_own_attr(dataset, "workers", _DEFAULTS["_workers"]),
+        use_multiprocessing=bool(_own_attr(dataset, "use_multiprocessing", _DEFAULTS["_use_multiprocessing"])),
+        max_queue_size=_own_attr(dataset, "max_queue_size", _DEFAULTS["_max_queue_size"]),
     )

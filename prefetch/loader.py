@@ -189,7 +189,7 @@ class Loader(Generic[B]):
         engine = self._engine
         executor = engine.executor
         assert executor is not None
-        if self._sizer is None or self._sizer.executor is not executor:
+        if self._sizer is None:  # an engine keeps one executor for its life
             self._sizer = ChunkSizer(executor)
         executor.begin_epoch(epoch)
         run = EpochRun(executor=executor, items=items, epoch=epoch, seed=self.seed, window=self.max_queue_size,
