@@ -19,6 +19,32 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def call_on(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., T], *args: Any, wait: bool = False,
+            timeout: float | None = None) -> T | None:
+    """Run `fn(*args)` on `loop`'s thread, from any thread.
+
+    Inline when this is that thread, or when the loop is not running (closed, or between
+    runs: nothing can be inside it). Otherwise posted to it; with `wait` the caller blocks
+    (up to `timeout`) for the result. Returns the result when it was run inline or awaited.
+    """
+    if loop is None or loop is running_loop() or loop.is_closed() or not loop.is_running():
+        return fn(*args)
+    fut: cf.Future = cf.Future()
+
+    def run() -> None:
+        if fut.set_running_or_notify_cancel():
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in a waiting caller
+                fut.set_exception(exc)
+
+    try:
+        loop.call_soon_threadsafe(run)
+    except RuntimeError:  # it closed just now: nothing can be inside it any more
+        return fn(*args)
+    return fut.result(timeout) if wait else None
+
+
 def tighten_timer_slack() -> None:
     """Ask Linux to wake this thread's timed waits on time (1 ns slack instead of 50 µs).
 
@@ -79,19 +105,7 @@ class LoopThread:
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         """Run `fn(*args)` on the loop thread and return its result (blocking)."""
-        if self.on_thread():
-            return fn(*args)
-        fut: cf.Future = cf.Future()
-
-        def run() -> None:
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(fn(*args))
-                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-                    fut.set_exception(exc)
-
-        self.loop.call_soon_threadsafe(run)
-        return fut.result(timeout)
+        return call_on(self.loop, fn, *args, wait=True, timeout=timeout)  # type: ignore[return-value]
 
     def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
         """Run a coroutine on the loop thread and return its result (blocking)."""

@@ -12,7 +12,7 @@ import threading
 from typing import Callable
 
 from .executors.base import Executor
-from .loop import LoopThread, running_loop
+from .loop import LoopThread, call_on, running_loop
 from .scheduler import EpochRun
 
 
@@ -134,16 +134,8 @@ class Engine:
 
     def abort(self, run: EpochRun) -> None:
         """Cancel `run` from any thread, without waiting (a dropped iterator, a `break`)."""
-        if run.cancelled:
-            return
-        loop = run.channel.loop
-        if loop is running_loop() or loop.is_closed():
-            run.cancel()
-            return
-        try:
-            loop.call_soon_threadsafe(run.cancel)
-        except RuntimeError:
-            run.cancel()
+        if not run.cancelled:
+            call_on(run.channel.loop, run.cancel)
 
     # -- shutting down ------------------------------------------------------------------------
     def close(self) -> None:
@@ -156,15 +148,11 @@ class Engine:
                 return
             self.closed = True
         ex, lt = self.executor, self.thread
-        usable = lt is not None and lt.alive() and not lt.on_thread()
         if ex is not None:
-            if usable and ex.loop is lt.loop:
-                try:
-                    lt.call(self._close_on_loop, timeout=5)
-                except Exception:  # noqa: BLE001 - closing must go on regardless
-                    pass
-            else:
-                self._close_on_loop()
+            try:  # on whichever loop the executor runs on (ours, or an async caller's)
+                call_on(ex.loop, self._close_on_loop, wait=True, timeout=5)
+            except Exception:  # noqa: BLE001 - closing must go on regardless
+                pass
             ex.close()
         if lt is not None:
             lt.stop()

@@ -10,7 +10,7 @@ from typing import Any
 
 from ...errors import annotate
 from ...randomness import enter_batch, exit_batch
-from ..loop import running_loop
+from ..loop import call_on
 from .base import Executor, Failure, Job
 
 _WHERE = "a coroutine on the event loop"
@@ -147,10 +147,4 @@ class CoroutineExecutor(Executor):
             for task in tasks:
                 task.cancel()
 
-        try:
-            if loop.is_running() and running_loop() is not loop:
-                loop.call_soon_threadsafe(cancel_all)
-            else:
-                cancel_all()
-        except RuntimeError:
-            pass
+        call_on(loop, cancel_all)
