@@ -200,7 +200,7 @@ class Prefetch:
         import prefetch.loader  # noqa: F401
 
         if row.opts.get("executor") == "process":
-            import prefetch.engine.executors.processes  # noqa: F401
+            import prefetch.engine.process  # noqa: F401
 
     @staticmethod
     def setup(row: Row, ctx: dict) -> None:

@@ -37,8 +37,7 @@ _LAZY = {"Loader": ".loader", "Stats": ".stats", "empty": ".batchmem", "rng": ".
 
 def __getattr__(name: str) -> Any:
     # Loaded on first use: a process worker, which imports prefetch only to run __getitem__,
-    # starts without the Loader's event-loop machinery, and `import prefetch` itself does not
-    # import numpy (the forkserver relies on that to ignore Ctrl-C early, see engine/forkserver).
+    # starts without the Loader's event-loop machinery, and `import prefetch` itself stays light.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'prefetch' has no attribute {name!r}")

@@ -11,12 +11,15 @@ iteration, a batch whose size is not known yet) it is plain `numpy.empty`.
 from __future__ import annotations
 
 import contextvars
+import weakref
 from typing import Any
 
 import numpy as np
 
-_ALIGN = 64
-# (segment as a uint8 array, bytes used so far) of the batch being produced, in a process worker
+from .engine.shm import align
+
+# [segment as a uint8 array, bytes used so far, bytes that did not fit, weakrefs to the arrays
+# made] of the batch being produced, in a process worker
 _arena: contextvars.ContextVar[list | None] = contextvars.ContextVar("prefetch_arena", default=None)
 
 
@@ -42,19 +45,22 @@ def empty(shape: Any, dtype: Any = float, order: str = "C") -> np.ndarray:
     dtype = np.dtype(dtype)
     arena = _arena.get()
     if arena is not None:
-        segment, used, _ = arena
+        segment, used = arena[0], arena[1]
         n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        start = (used + _ALIGN - 1) & ~(_ALIGN - 1)
+        start = align(used)
         if start + n <= segment.nbytes and n > 0:
             arena[1] = start + n
-            return np.ndarray(shape, dtype=dtype, buffer=segment, offset=start, order=order)
+            out = np.ndarray(shape, dtype=dtype, buffer=segment, offset=start, order=order)
+            arena[3].append(weakref.ref(out))  # one the dataset keeps is copied out of the batch
+            return out
         arena[2] += n  # does not fit (yet): the next segments will be big enough
     return np.empty(shape, dtype=dtype, order=order)
 
 
-def enter(segment: np.ndarray | None) -> Any:
-    """Worker side: `empty` allocates from `segment` until `leave`."""
-    return _arena.set(None if segment is None else [segment, 0, 0])
+def enter(segment: np.ndarray | None, made: list | None = None) -> Any:
+    """Worker side: `empty` allocates from `segment` until `leave`; weak references to the
+    arrays it makes are appended to `made`."""
+    return _arena.set(None if segment is None else [segment, 0, 0, [] if made is None else made])
 
 
 def usage() -> tuple[int, int]:

@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator, Callable, Generic, Iterator, TypeVar
 from .dataset import inspect_dataset, num_batches_of
 from .engine.channel import Channel, EpochEnded
 from .engine.executors import NAMED as _KINDS
+from .engine.process.pool import START_METHODS as _START_METHODS
 from .engine.executors import executor_factory, is_dask_client
 from .engine.loop import running_loop
 from .engine.runtime import Engine
@@ -53,14 +54,15 @@ class Loader(Generic[B]):
         seed: drives `shuffle` and `prefetch.rng()`; random when `None`.
         ordered: deliver in order (True) or as batches complete (False).
         shard: this host's `prefetch.Shard` of every epoch.
-        start_method: for process workers, `"forkserver"` (default where available),
+        start_method: for process workers, `"forkserver"` (default where fork exists:
+            prefetch's own fork server, a clean single-threaded process that forks workers),
             `"spawn"` or `"fork"` (only when asked: forking a process that runs JAX or torch
             threads can deadlock).
-        warm_start: for process workers: until the first worker is ready (a fresh
-            interpreter takes a few hundred milliseconds), make batches in order on one thread
-            of this process, from a private copy of the dataset, so the first batch does not
-            wait for the pool. Set it to False when `__getitem__` may crash the whole process
-            (a segfaulting decoder) or must only ever run inside a worker.
+        warm_start: for process workers, opt-in: until the first
+            worker has loaded the dataset, make batches in order on one thread of this process
+            (from a private copy of the dataset). The first batch comes sooner, but a crash in
+            those `__getitem__` calls (a segfaulting decoder) takes this process down: off by
+            default, so every batch runs isolated in a worker.
 
     Example:
         >>> import prefetch
@@ -72,7 +74,7 @@ class Loader(Generic[B]):
     def __init__(self, dataset: Any, *, workers: int | str | None = None, use_multiprocessing: bool | None = None,
                  max_queue_size: int | None = None, executor: Any = None, shuffle: bool = False,
                  seed: int | None = None, ordered: bool = True, shard: Shard | None = None,
-                 start_method: str | None = None, warm_start: bool = True):
+                 start_method: str | None = None, warm_start: bool = False):
         info = inspect_dataset(dataset)
         self.auto_workers = workers == "auto"
         if self.auto_workers:
@@ -104,7 +106,7 @@ class Loader(Generic[B]):
             seed = secrets.randbits(63)
         elif isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
-        if start_method not in (None, "forkserver", "spawn", "fork"):
+        if start_method not in (None, *_START_METHODS):
             raise ValueError(f"start_method must be 'forkserver', 'spawn' or 'fork', got {start_method!r}")
         self.dataset = dataset
         self.workers = workers

@@ -73,5 +73,13 @@ def seed_worker_globals(seed: int, epoch: int, worker_id: int) -> None:
     np.random.seed(state)
     random.seed(int.from_bytes(state.tobytes(), "little"))
     torch = sys.modules.get("torch")
-    if torch is not None:  # only if the dataset already uses it: never import torch ourselves
+    # Only if the dataset already uses torch (never import it ourselves), and only a torch
+    # whose import finished: a process forked while another thread was importing torch holds
+    # a half-initialised module that nothing in this process will ever complete.
+    if torch is not None and not _initializing(torch):
         torch.manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _initializing(module: Any) -> bool:
+    spec = getattr(module, "__spec__", None)
+    return bool(getattr(spec, "_initializing", False)) or not hasattr(module, "manual_seed")

@@ -14,14 +14,15 @@ def _prefetch_threads() -> list[str]:
 
 
 def _children() -> set[int]:
-    # The forkserver and the resource tracker are multiprocessing's own shared helpers, started
-    # once per interpreter and ended with it; they are not workers of ours.
+    # The fork servers (prefetch's and multiprocessing's) and the resource tracker are shared
+    # helpers, started once per interpreter and ended with it; they are not workers of ours.
     out = set()
     for p in psutil.Process().children(recursive=True):
         try:
             cmd = " ".join(p.cmdline())
             # (workers forked by the server inherit its command line, but not its parent)
-            helper = "multiprocessing.forkserver" in cmd or "multiprocessing.resource_tracker" in cmd
+            helper = any(name in cmd for name in ("multiprocessing.forkserver", "multiprocessing.resource_tracker",
+                                                  "prefetch.engine.process.zygote"))
             if helper and p.ppid() == os.getpid():
                 continue
             if p.status() == psutil.STATUS_ZOMBIE:

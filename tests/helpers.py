@@ -282,3 +282,14 @@ class FailsAt(SlowToStart):
         if i == self.bad:
             return 1 / 0
         return super().__getitem__(i)
+
+
+def mapping_of(address: int) -> str:
+    """What /proc/self/maps says `address` lies in (a memfd segment, the heap, ...)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            span, *rest = line.split(maxsplit=5)
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            if lo <= address < hi:
+                return rest[-1].strip() if len(rest) == 5 else "[anonymous]"
+    return "?"

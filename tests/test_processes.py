@@ -21,7 +21,7 @@ HERE = str(Path(__file__).parent)
 
 
 def test_workers_persist_across_epochs(no_leaks):
-    with prefetch.Loader(Pid(40, delay=0.002), workers=2, executor="process", warm_start=False) as loader:
+    with prefetch.Loader(Pid(40, delay=0.002), workers=2, executor="process") as loader:
         pids = [set(loader) for _ in range(3)]
     assert len(pids[0]) == 2
     assert pids[0] == pids[1] == pids[2]
@@ -29,8 +29,7 @@ def test_workers_persist_across_epochs(no_leaks):
 
 
 def test_arrays_arrive_in_shared_memory_intact_and_writeable(no_leaks):
-    with prefetch.Loader(Arrays(12, shape=(256, 512)), workers=2, executor="process", max_queue_size=4,
-                         warm_start=False) as loader:
+    with prefetch.Loader(Arrays(12, shape=(256, 512)), workers=2, executor="process", max_queue_size=4) as loader:
         for epoch in range(2):
             for i, batch in enumerate(loader):
                 x = batch["x"]
@@ -47,19 +46,14 @@ def test_arrays_arrive_in_shared_memory_intact_and_writeable(no_leaks):
 
 
 def _is_shared(arr: np.ndarray) -> bool:
-    base = arr
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    import mmap
+    """Whether `arr` lies in one of prefetch's shared-memory segments, as the kernel sees it."""
+    from helpers import mapping_of
 
-    if isinstance(base, memoryview):
-        base = base.obj
-    return isinstance(base, mmap.mmap)
+    return "memfd:prefetch" in mapping_of(arr.ctypes.data)
 
 
 def test_held_batches_stay_valid_and_segments_are_recycled(no_leaks):
-    with prefetch.Loader(Arrays(30, shape=(128, 256)), workers=2, executor="process", max_queue_size=3,
-                         warm_start=False) as loader:
+    with prefetch.Loader(Arrays(30, shape=(128, 256)), workers=2, executor="process", max_queue_size=3) as loader:
         kept = [b["x"] for b in loader]  # the consumer holds every batch: no reuse under its feet
         assert all((x == i).all() for i, x in enumerate(kept))
         pool = loader._engine.executor.pool
@@ -95,8 +89,7 @@ def test_epoch_hook_changes_in_the_main_process_reach_the_workers():
 @pytest.mark.parametrize("how", ["kill", "segv", "exit"])
 def test_dead_worker_raises_worker_error_naming_the_batch_then_recovers(how, no_leaks):
     ds = Dies(40, bad=13, how=how, delay=0.001)
-    # warm_start=False: a batch made in this process while workers boot would kill pytest
-    with prefetch.Loader(ds, workers=2, executor="process", warm_start=False) as loader:
+    with prefetch.Loader(ds, workers=2, executor="process") as loader:
         got = []
         t0 = time.perf_counter()
         with pytest.raises(prefetch.WorkerError) as info:
@@ -115,7 +108,7 @@ def test_dead_worker_raises_worker_error_naming_the_batch_then_recovers(how, no_
 
 
 def test_worker_killed_from_outside_is_reported_within_a_second(no_leaks):
-    with prefetch.Loader(Pid(10**6, delay=0.01), workers=2, executor="process", warm_start=False) as loader:
+    with prefetch.Loader(Pid(10**6, delay=0.01), workers=2, executor="process") as loader:
         it = iter(loader)
         os.kill(next(it), signal.SIGKILL)  # batches are the pid of the worker that made them
         t0 = time.perf_counter()
@@ -218,7 +211,7 @@ def test_nothing_in_dev_shm_even_while_running():
     def ours():
         return [n for n in os.listdir("/dev/shm") if "prefetch" in n]
 
-    with prefetch.Loader(Arrays(10), workers=2, executor="process", warm_start=False) as loader:
+    with prefetch.Loader(Arrays(10), workers=2, executor="process") as loader:
         it = iter(loader)
         batches = [next(it) for _ in range(5)]
         assert any(_is_shared(b["x"]) for b in batches)  # shared memory in use ...
@@ -240,7 +233,7 @@ def test_futures_process_pool_executor_is_accepted():
 def test_batches_built_with_prefetch_empty_cross_without_a_copy(no_leaks):
     from helpers import InPlace
 
-    with prefetch.Loader(InPlace(12), workers=2, executor="process", max_queue_size=4, warm_start=False) as loader:
+    with prefetch.Loader(InPlace(12), workers=2, executor="process", max_queue_size=4) as loader:
         for epoch in range(2):
             for i, (x, tag) in enumerate(loader):
                 assert (x == i).all() and tag == i

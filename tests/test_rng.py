@@ -42,8 +42,7 @@ def test_rng_outside_a_loader_is_a_fresh_generator():
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # fork is asked for on purpose
 @pytest.mark.parametrize("method", ["forkserver", "fork"])
 def test_worker_processes_do_not_share_global_random_streams(method):
-    with prefetch.Loader(GlobalDraws(12), workers=2, executor="process", seed=5, start_method=method,
-                         warm_start=False) as loader:
+    with prefetch.Loader(GlobalDraws(12), workers=2, executor="process", seed=5, start_method=method) as loader:
         e1 = list(loader)
         e2 = list(loader)
     by_pid = {}

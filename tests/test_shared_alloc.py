@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from helpers import mapping_of
 
 import prefetch
 from prefetch.engine import arena
@@ -184,18 +185,7 @@ class PlainNumpy(prefetch.PyDataset):
             if not (kept[0, 0] == k and kept[-1, -1] == k):
                 raise AssertionError(f"cached batch {k} was overwritten with {kept[0, 0]}")
         return {"image": image, "zeros": zeros, "grown": grown, "where": get_handler_name(image),
-                "mapping": _mapping_of(image.ctypes.data)}
-
-
-def _mapping_of(address: int) -> str:
-    """What /proc/self/maps says `address` lies in (a memfd segment, the heap, ...)."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            span, *rest = line.split(maxsplit=5)
-            lo, hi = (int(x, 16) for x in span.split("-"))
-            if lo <= address < hi:
-                return rest[-1].strip() if len(rest) == 5 else "[anonymous]"
-    return "?"
+                "mapping": mapping_of(image.ctypes.data)}
 
 
 def _check(batch: dict, i: int) -> None:
@@ -206,7 +196,7 @@ def _check(batch: dict, i: int) -> None:
 
 @needs_allocator
 def test_plain_numpy_batches_are_built_in_shared_memory(no_leaks):
-    with prefetch.Loader(PlainNumpy(16), workers=2, executor="process", max_queue_size=3, warm_start=False) as loader:
+    with prefetch.Loader(PlainNumpy(16), workers=2, executor="process", max_queue_size=3) as loader:
         for epoch in range(2):
             held = []
             for i, batch in enumerate(loader):
@@ -272,7 +262,7 @@ class Temporaries(PlainNumpy):
 
 @needs_allocator
 def test_temporaries_do_not_grow_shared_memory(no_leaks):
-    with prefetch.Loader(Temporaries(12), workers=1, executor="process", max_queue_size=2, warm_start=False) as loader:
+    with prefetch.Loader(Temporaries(12), workers=1, executor="process", max_queue_size=2) as loader:
         for i, batch in enumerate(loader):
             assert (batch == i).all()
         size = loader._engine.executor.pool.size_hint
@@ -310,7 +300,7 @@ class ForksInside(PlainNumpy):
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
 def test_a_child_forked_inside_getitem_leaves_the_batch_alone(no_leaks):
-    with prefetch.Loader(ForksInside(6), workers=1, executor="process", max_queue_size=2, warm_start=False) as loader:
+    with prefetch.Loader(ForksInside(6), workers=1, executor="process", max_queue_size=2) as loader:
         for _ in range(2):
             for i, batch in enumerate(loader):
                 assert (batch == i).all()
@@ -324,7 +314,7 @@ class Growing(PlainNumpy):
 
 
 def test_a_batch_that_outgrows_its_segment_sizes_the_next_ones_once_not_twice(no_leaks):
-    with prefetch.Loader(Growing(8), workers=1, executor="process", max_queue_size=1, warm_start=False) as loader:
+    with prefetch.Loader(Growing(8), workers=1, executor="process", max_queue_size=1) as loader:
         for i, batch in enumerate(loader):
             assert batch.nbytes == (i + 1) * BIG and (batch == i).all()
         size = loader._engine.executor.pool.size_hint

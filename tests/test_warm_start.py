@@ -1,4 +1,4 @@
-"""While process workers boot, the first batches are made in this process (warm start)."""
+"""Opt-in warm start: while process workers boot, the first batches are made in this process."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import prefetch
 
 
 def test_first_batches_come_from_this_process_until_a_worker_is_ready(no_leaks):
-    with prefetch.Loader(SlowToStart(60, boot=0.5, delay=0.02), workers=2, executor="process") as loader:
+    with prefetch.Loader(SlowToStart(60, boot=0.5, delay=0.02), workers=2, executor="process", warm_start=True) as loader:
         epoch = list(loader)
         second = list(loader)
     assert [v for v, _ in epoch] == list(range(60))  # in order, each batch once
@@ -21,8 +21,8 @@ def test_first_batches_come_from_this_process_until_a_worker_is_ready(no_leaks):
     assert os.getpid() not in {pid for _, pid in second}
 
 
-def test_warm_start_false_makes_every_batch_in_a_worker(no_leaks):
-    with prefetch.Loader(SlowToStart(8, boot=0.3), workers=2, executor="process", warm_start=False) as loader:
+def test_by_default_every_batch_is_made_in_a_worker(no_leaks):
+    with prefetch.Loader(SlowToStart(8, boot=0.3), workers=2, executor="process") as loader:
         epoch = list(loader)
     assert [v for v, _ in epoch] == list(range(8))
     assert os.getpid() not in {pid for _, pid in epoch}
@@ -30,7 +30,7 @@ def test_warm_start_false_makes_every_batch_in_a_worker(no_leaks):
 
 def test_warm_start_never_touches_the_users_dataset(no_leaks):
     ds = OpensInGetitem(12, boot=0.3)
-    with prefetch.Loader(ds, workers=2, executor="process") as loader:
+    with prefetch.Loader(ds, workers=2, executor="process", warm_start=True) as loader:
         first = list(loader)
         assert first[0][1] == os.getpid()
         assert not hasattr(ds, "handle")  # set on the warm-start copy, not on this object
@@ -39,7 +39,7 @@ def test_warm_start_never_touches_the_users_dataset(no_leaks):
 
 def test_epoch_hook_changes_reach_batches_made_while_workers_boot(no_leaks):
     ds = ScaledInHook(30, boot=0.3, delay=0.02)
-    with prefetch.Loader(ds, workers=2, executor="process") as loader:
+    with prefetch.Loader(ds, workers=2, executor="process", warm_start=True) as loader:
         first = list(loader)
         ds.scale = 7  # by hand, between epochs
         second = list(loader)
@@ -51,7 +51,7 @@ def test_epoch_hook_changes_reach_batches_made_while_workers_boot(no_leaks):
 @pytest.mark.timeout(30)
 def test_workers_that_cannot_load_the_dataset_still_raise_promptly(no_leaks):
     with prefetch.Loader(SlowToStart(10**6, fail_to_start=True, delay=0.001), workers=2,
-                         executor="process") as loader:
+                         executor="process", warm_start=True) as loader:
         with pytest.raises(LookupError, match="cannot load in a worker") as info:
             for _ in loader:
                 pass
@@ -59,7 +59,7 @@ def test_workers_that_cannot_load_the_dataset_still_raise_promptly(no_leaks):
 
 
 def test_an_exception_in_a_warm_start_batch_names_the_batch_and_where_it_ran(no_leaks):
-    with prefetch.Loader(FailsAt(5, bad=2, boot=0.5), workers=1, executor="process") as loader:
+    with prefetch.Loader(FailsAt(5, bad=2, boot=0.5), workers=1, executor="process", warm_start=True) as loader:
         with pytest.raises(ZeroDivisionError) as info:
             list(loader)
         assert [b[0] for _, b in zip(range(2), loader)] == [0, 1]  # the next epoch works
@@ -69,11 +69,11 @@ def test_an_exception_in_a_warm_start_batch_names_the_batch_and_where_it_ran(no_
 
 @pytest.mark.timeout(30)
 def test_closing_while_workers_still_boot_leaves_nothing_behind(no_leaks):
-    loader = prefetch.Loader(SlowToStart(10, boot=2.0), workers=2, executor="process")
+    loader = prefetch.Loader(SlowToStart(10, boot=2.0), workers=2, executor="process", warm_start=True)
     assert next(iter(loader)) == (0, os.getpid())
     loader.close()  # the workers are still unpickling: they end too (no_leaks checks)
 
 
 @pytest.mark.timeout(30)
 def test_closing_right_after_construction_leaves_nothing_behind(no_leaks):
-    prefetch.Loader(SlowToStart(10, boot=2.0), workers=2, executor="process").close()
+    prefetch.Loader(SlowToStart(10, boot=2.0), workers=2, executor="process", warm_start=True).close()

@@ -214,7 +214,9 @@ static void *h_realloc(void *ctx, void *ptr, size_t new_size) {
         } else if (need <= b->size) { /* shrinking: keep the block */
             pthread_mutex_unlock(&lock);
             return ptr;
-        } else if (off == a->last && off + HDR + need <= a->cap) { /* the last block grows in place */
+        } else if (a == current && off == a->last && off + HDR + need <= a->cap) {
+            /* the last block grows in place — only in the batch being made: in any other
+             * segment the space after the last block may hold arrays a consumer reads */
             b->size = need;
             a->end = off + HDR + need;
             if (a->end > a->peak) a->peak = a->end;
@@ -367,6 +369,45 @@ static PyObject *py_live(PyObject *self, PyObject *args) {
     return PyLong_FromSize_t(live);
 }
 
+/* The blocks still in use in a segment, as a list of (offset, size) of their data. */
+static PyObject *py_used_blocks(PyObject *self, PyObject *args) {
+    unsigned long long base;
+    if (!PyArg_ParseTuple(args, "K", &base)) return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    pthread_mutex_lock(&lock);
+    Arena *a = lookup(base);
+    size_t n = 0, cap = a ? a->live : 0;
+    size_t *spans = cap ? malloc(2 * cap * sizeof(size_t)) : NULL;
+    if (a && spans) {
+        for (size_t off = 0; off < a->end && n < cap; off += HDR + block_at(a, off)->size) {
+            Block *b = block_at(a, off);
+            if (b->used) {
+                spans[2 * n] = off + HDR;
+                spans[2 * n + 1] = b->size;
+                n++;
+            }
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    if (cap && !spans) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    for (size_t i = 0; i < n; i++) {
+        PyObject *t = Py_BuildValue("(nn)", (Py_ssize_t)spans[2 * i], (Py_ssize_t)spans[2 * i + 1]);
+        if (!t || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(out);
+            free(spans);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    free(spans);
+    return out;
+}
+
 static PyObject *py_set_threshold(PyObject *self, PyObject *args) {
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "n", &n)) return NULL;
@@ -383,6 +424,7 @@ static PyMethodDef methods[] = {
     {"begin", py_begin, METH_VARARGS, "begin(address) -> bool: new large arrays go to this segment."},
     {"end", py_end, METH_NOARGS, "end() -> (bytes in use, peak bytes, bytes the batch needed)."},
     {"live", py_live, METH_VARARGS, "live(address) -> blocks still in use in that segment."},
+    {"used_blocks", py_used_blocks, METH_VARARGS, "used_blocks(address) -> [(offset, size)] of blocks in use."},
     {"detach", py_detach, METH_NOARGS, "In a forked child: never place or free anything in the segments."},
     {"set_threshold", py_set_threshold, METH_VARARGS, "set_threshold(bytes): smallest array placed in a segment."},
     {NULL, NULL, 0, NULL}};

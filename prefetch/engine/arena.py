@@ -8,8 +8,10 @@ memory when the batch is encoded instead.
 
 Safety: a segment is recycled for a later batch only if no array the worker allocated in it
 is still alive once the batch is encoded. A dataset that keeps such an array (a cache, say)
-marks the segment as kept: the main process retires it instead of reusing it, and the worker
-keeps it mapped until the array dies.
+marks the segment as kept: the main process retires it instead of reusing it, the worker
+keeps it mapped until the array dies, and the consumer gets a copy of whatever part of the
+batch lies in kept memory (`live_ranges`), so neither side can change the other's data.
+Blocks grow in place only in the segment of the batch being made (never under a consumer).
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def unregister(segment: np.ndarray) -> int:
 def live(segment: np.ndarray) -> int:
     """Arrays allocated in `segment` and still alive."""
     return _native.live(segment.ctypes.data) if available else 0
+
+
+def live_ranges(segment: np.ndarray) -> list[tuple[int, int]]:
+    """(offset, bytes) of every block in `segment` still in use: memory the dataset kept."""
+    return _native.used_blocks(segment.ctypes.data) if available else []
 
 
 class Placement:

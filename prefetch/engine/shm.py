@@ -10,28 +10,67 @@ written by the worker straight into the job's segment as out-of-band buffers, an
 process rebuilds them as views of its own mapping — no copy on the consumer's side. Each
 delivered batch owns a small numpy "holder" array over its segment; when the consumer drops
 the last array of the batch, the holder dies and a finalizer returns the segment to the pool.
+
+Descriptors: a mapping needs no open file descriptor. Segments are mapped with `mmap(2)`
+directly (Python's `mmap.mmap` keeps a duplicate descriptor per mapping), and the main
+process closes a segment's descriptor as soon as the live workers have theirs, so the
+descriptors in use do not grow with the number of batches a consumer holds.
+
+The ownership rule (what the consumer may rely on): memory behind a delivered batch is never
+reused or grown into while any array of that batch is alive, in any process; an array the
+dataset kept in its worker is never handed over (the consumer gets a copy of it instead).
 """
 
 from __future__ import annotations
 
-import array
+import ctypes
 import mmap
 import os
 import pickle
-import socket
 import weakref
 from collections import deque
 from typing import Any, Callable
 
 import numpy as np
 
-MIN_SHARED = 32 * 1024  # smaller arrays are cheaper to pickle in-band
-_ALIGN = 64
+MIN_SHARED = 32 * 1024  # bytes; smaller arrays are cheaper to pickle in-band (the allocator's threshold too)
+ALIGN = 64  # bytes; every array placed in a segment starts on this boundary (_shmalloc.c: ALIGN, HDR)
 _PAGE = mmap.PAGESIZE
 
 
-def _align(n: int) -> int:
-    return (n + _ALIGN - 1) & ~(_ALIGN - 1)
+def align(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+# -- mappings without a descriptor ------------------------------------------------------------
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
+def map_fd(fd: int, size: int, *, populate: bool = False) -> np.ndarray:
+    """Map `size` bytes of `fd` shared and writeable; the descriptor may be closed right after.
+
+    Returns a uint8 array over the whole mapping. Arrays made from it keep the mapping alive;
+    it is unmapped when the last of them is collected.
+    """
+    flags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
+    addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, 0)
+    if addr is None or addr == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap of a {size}-byte shared-memory segment failed: {os.strerror(err)}")
+    buf = (ctypes.c_uint8 * size).from_address(addr)
+    weakref.finalize(buf, _libc.munmap, addr, size).atexit = False
+    return np.frombuffer(buf, dtype=np.uint8)
+
+
+def owner_buffer(view: np.ndarray) -> Any:
+    """The object that owns the mapping under `view` (what `holder` arrays are built on)."""
+    return view.base
 
 
 def anonymous_fd(name: str, size: int) -> int:
@@ -53,26 +92,37 @@ def anonymous_fd(name: str, size: int) -> int:
 
 
 class Segment:
-    """One shared-memory segment, mapped in this process."""
+    """One shared-memory segment, mapped in this process.
 
-    __slots__ = ("id", "size", "fd", "mm", "kept", "__weakref__")
+    `fd` is open only until every worker alive when the segment was made has its own copy
+    (`drop_fd`); `known` holds the slots of the workers that mapped it — only they may be
+    given a job that writes into it.
+    """
+
+    __slots__ = ("id", "size", "fd", "buf", "kept", "known", "__weakref__")
 
     def __init__(self, seg_id: int, size: int):
         self.id = seg_id
         self.size = size
         self.kept = False  # a worker still holds an array in it: never reuse it
+        self.known: set[int] = set()
         self.fd = anonymous_fd(f"prefetch-{seg_id}", size)
-        self.mm = mmap.mmap(self.fd, size)
+        try:
+            self.buf = owner_buffer(map_fd(self.fd, size))
+        except BaseException:
+            os.close(self.fd)
+            raise
 
-    def close(self) -> None:
-        """Drop our fd and mapping; a mapping still exported to live arrays is left to them."""
+    def drop_fd(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        try:
-            self.mm.close()
-        except BufferError:
-            pass  # arrays of a batch the user still holds keep it mapped until they die
+
+    def close(self) -> None:
+        """Drop our fd and our reference; arrays of a batch the user still holds keep the
+        mapping until they die."""
+        self.drop_fd()
+        self.buf = None
 
 
 class SegmentPool:
@@ -92,28 +142,31 @@ class SegmentPool:
         self._returned: deque[Segment] = deque()
         self._next_id = 0
         self.closed = False
-        self.retired: list[int] = []  # ids workers should unmap
+        self.retired: list[Segment] = []  # segments the workers that mapped them should unmap
 
     def observe(self, needed: int) -> None:
         if needed > self.size_hint:
             # Round up so batches that vary a little in size reuse segments.
             self.size_hint = -(-int(needed * 1.125) // _PAGE) * _PAGE
 
-    def acquire(self) -> Segment | None:
-        """A free segment of at least `size_hint` bytes, or None while batch sizes are unknown."""
+    def acquire(self, slot: int) -> tuple[Segment | None, bool]:
+        """A free segment of at least `size_hint` bytes that worker `slot` has mapped, or a new
+        one (then True: send it to the workers); (None, False) while batch sizes are unknown."""
         if not self.size_hint or self.closed:
-            return None
+            return None, False
         self._collect()
         free = self._free
-        while free:
-            seg = free.popleft()
-            if seg.size >= self.size_hint:
-                return seg
-            self._retire(seg)
+        for seg in list(free):
+            if seg.size < self.size_hint:
+                free.remove(seg)
+                self._retire(seg)
+            elif slot in seg.known:
+                free.remove(seg)
+                return seg, False
         seg = Segment(self._next_id, self.size_hint)
         self._next_id += 1
         self.segments[seg.id] = seg
-        return seg
+        return seg, True
 
     def release(self, seg: Segment) -> None:
         """Any thread: the batch that used `seg` is gone."""
@@ -138,7 +191,7 @@ class SegmentPool:
 
     def _retire(self, seg: Segment) -> None:
         self.segments.pop(seg.id, None)
-        self.retired.append(seg.id)
+        self.retired.append(seg)
         seg.close()
 
     def close(self) -> None:
@@ -150,31 +203,13 @@ class SegmentPool:
         self._returned.clear()
 
 
-# -- fd passing over a Unix socket -------------------------------------------------------------
-def send_fds(sock: socket.socket, fds: list[int]) -> None:
-    sock.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-
-
-def recv_fds(sock: socket.socket, n: int) -> list[int]:
-    fds = array.array("i")
-    msg, ancdata, _flags, _addr = sock.recvmsg(1, socket.CMSG_SPACE(n * fds.itemsize))
-    if not msg:
-        raise EOFError("socket closed while receiving file descriptors")
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    if len(fds) != n:
-        raise RuntimeError(f"expected {n} file descriptors, got {len(fds)}")
-    return list(fds)
-
-
 # -- batches ---------------------------------------------------------------------------------------
 def shared_bytes(value: Any) -> int:
     """Bytes the arrays of a batch (a tree of tuple/list/dict) would take in a segment: a
     first size for segments, from batches made before any went through one."""
     if isinstance(value, np.ndarray):
         n = value.nbytes
-        return _align(n) if n >= MIN_SHARED else 0
+        return align(n) if n >= MIN_SHARED else 0
     if isinstance(value, (tuple, list)):
         return sum(shared_bytes(v) for v in value)
     if isinstance(value, dict):
@@ -211,8 +246,8 @@ def encode(value: Any, segment: np.ndarray | None, used: int = 0, floor: int = 0
         if segment is not None and 0 <= at and at + n <= capacity:
             placed.append((at, n))  # allocated in the segment already: nothing to copy
             return False
-        needed = _align(needed) + n
-        start = _align(offset)
+        needed = align(needed) + n
+        start = align(offset)
         if segment is None or start + n > capacity:
             return True  # in-band this time; `needed` makes the next segments big enough
         np.copyto(segment[start:start + n], src)
@@ -225,40 +260,48 @@ def encode(value: Any, segment: np.ndarray | None, used: int = 0, floor: int = 0
     return data, placed, max(needed, floor)
 
 
-def decode(data: bytes, seg: Segment | None, placed: list[tuple[int, int]],
-           release: Callable[[Segment], None]) -> Any:
-    """Rebuild a batch; its arrays view `seg` and hand it back to `release` when all are gone."""
-    if not placed:
-        return pickle.loads(data)
-    assert seg is not None
-    end = max(o + n for o, n in placed)
+Placed = "tuple[int, int] | bytearray"  # (offset, nbytes) in the segment, or a private copy
+
+
+def decode(data: bytes, seg: Segment | None, placed: list, release: Callable[[Segment], None]) -> tuple[Any, bool]:
+    """Rebuild a batch; its arrays view `seg` and hand it back to `release` when all are gone.
+
+    `placed` lists the out-of-band buffers in order: `(offset, nbytes)` in `seg`, or a
+    `bytearray` (a copy the worker made because its dataset kept that array). Returns the
+    batch and whether it uses `seg` (if not, the caller recycles `seg` at once).
+    """
+    spans = [p for p in placed if isinstance(p, tuple)]
+    if not spans:
+        return pickle.loads(data, buffers=placed), False
+    assert seg is not None and seg.buf is not None
+    end = max(o + n for o, n in spans)
     # One holder per batch: numpy collapses view chains to the first array that owns or
     # borrows memory from a non-array, so every array of the batch keeps `holder` alive.
-    holder = np.frombuffer(seg.mm, dtype=np.uint8, count=end)
-    fin = weakref.finalize(holder, release, seg)
-    fin.atexit = False
-    return pickle.loads(data, buffers=[holder[o:o + n] for o, n in placed])
+    holder = np.frombuffer(seg.buf, dtype=np.uint8, count=end)
+    weakref.finalize(holder, release, seg).atexit = False
+    buffers = [holder[p[0]:p[0] + p[1]] if isinstance(p, tuple) else p for p in placed]
+    return pickle.loads(data, buffers=buffers), True
 
 
 class ControlBlock:
     """One int64 per worker slot, shared: the batch index each worker is inside of (-1: none),
-    so a worker that dies names the batch it died on without any message."""
+    so a worker that dies names the batch it died on without any message.
+
+    The creator keeps `fd` (to hand to workers started later); a worker maps it and closes its copy.
+    """
 
     def __init__(self, slots: int, fd: int | None = None):
         self.size = max(_PAGE, slots * 8)
         self.fd = anonymous_fd("prefetch-control", self.size) if fd is None else fd
-        self.mm = mmap.mmap(self.fd, self.size)
-        self.slots = np.frombuffer(self.mm, dtype=np.int64)
+        self.slots: np.ndarray | None = map_fd(self.fd, self.size).view(np.int64)
         if fd is None:
             self.slots[:] = -1
+        else:
+            os.close(fd)
+            self.fd = -1
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        del self.slots
-        try:
-            self.mm.close()
-        except BufferError:
-            pass
-
+        self.slots = None

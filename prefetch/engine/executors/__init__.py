@@ -18,7 +18,7 @@ def is_dask_client(obj: Any) -> bool:
 
 
 def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_async: bool,
-                     start_method: str | None, warm_start: bool = True) -> Callable[[], Executor]:
+                     start_method: str | None, warm_start: bool = False) -> Callable[[], Executor]:
     """A zero-argument constructor for the executor a Loader asked for.
 
     Attributes on it tell the engine when to call it: `eager` (cheap to start, and starting
@@ -33,7 +33,7 @@ def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_a
 
         return lambda: ThreadExecutor(dataset, workers)
     if kind == "process":
-        from .processes import ProcessExecutor, Snapshot
+        from ..process import ProcessExecutor, Snapshot
 
         snapshot = Snapshot(dataset)  # now: an unpicklable dataset fails at Loader(), naming the culprit
 
@@ -41,7 +41,7 @@ def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_a
             return ProcessExecutor(dataset, workers, snapshot, window=window, start_method=start_method,
                                    warm_start=warm_start)
 
-        make.eager = True  # type: ignore[attr-defined]  # start() returns at once; workers boot on a thread
+        make.eager = True  # type: ignore[attr-defined]  # start() returns at once; workers load on their own
         return make
     if isinstance(kind, cf.Executor):
         from .futures import FuturesExecutor

@@ -11,41 +11,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
+from ..jobs import Failure, Job, JobOwner
 
-class JobOwner(Protocol):
-    """What a job reports to (the scheduler's epoch run)."""
-
-    cancelled: bool
-
-    def complete(self, job: "Job", values: list, failure: "Failure | None", elapsed: float) -> None: ...
-
-
-class Job:
-    """Batches `items` = [(position in epoch order, batch index), ...] of one epoch."""
-
-    __slots__ = ("owner", "epoch", "seed", "items")
-
-    def __init__(self, owner: JobOwner, epoch: int, seed: int, items: list[tuple[int, int]]):
-        self.owner = owner
-        self.epoch = epoch
-        self.seed = seed
-        self.items = items
-
-    def __repr__(self) -> str:
-        return f"Job(epoch={self.epoch}, items={self.items!r})"
-
-
-class Failure:
-    """`__getitem__(index)` at `position` raised `error` (already annotated with the index)."""
-
-    __slots__ = ("position", "index", "error")
-
-    def __init__(self, position: int, index: int, error: BaseException):
-        self.position = position
-        self.index = index
-        self.error = error
+__all__ = ["Executor", "Failure", "Job", "JobOwner", "LoopPoster"]
 
 
 class Executor:

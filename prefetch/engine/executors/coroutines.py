@@ -8,10 +8,9 @@ from collections import deque
 from time import perf_counter
 from typing import Any
 
-from ...errors import annotate
-from ...randomness import enter_batch, exit_batch
+from ..jobs import arun_items
 from ..loop import call_on
-from .base import Executor, Failure, Job
+from .base import Executor, Job
 
 _WHERE = "a coroutine on the event loop"
 
@@ -81,24 +80,12 @@ class CoroutineExecutor(Executor):
                     continue
                 job = jobs.popleft()
                 tasks[me] = job
-                values: list = []
-                failure = None
                 t0 = perf_counter()
                 try:
-                    for position, index in job.items:
-                        if job.owner.cancelled:
-                            break
-                        # Each worker task has its own context: this batch's rng() is its alone.
-                        token = enter_batch(job.seed, job.epoch, index)
-                        try:
-                            values.append(await dataset[index])
-                        except asyncio.CancelledError:
-                            raise
-                        except BaseException as exc:  # noqa: BLE001 - delivered to the consumer
-                            failure = Failure(position, index, annotate(exc, index, _WHERE))
-                            break
-                        finally:
-                            exit_batch(token)
+                    owner = job.owner
+                    # Each worker task has its own context: a batch's rng() is its alone.
+                    values, failure, _ = await arun_items(dataset.__getitem__, job.items, job.seed, job.epoch,
+                                                          _WHERE, lambda: owner.cancelled)
                 except asyncio.CancelledError:
                     if not job.owner.cancelled:
                         raise  # not an epoch cancel: the executor is closing

@@ -8,36 +8,19 @@ import warnings
 from time import perf_counter
 from typing import Any
 
-from ...errors import annotate, portable
-from ...randomness import enter_batch, exit_batch
+from ...errors import portable
+from ..jobs import run_items
 from ..loop import tighten_timer_slack
 from .base import Executor, Failure, Job, LoopPoster
 
 _STOP = None
 
 
-def run_items(dataset: Any, job: Job, where: str) -> tuple[list, Failure | None, float]:
-    """Run a job's `__getitem__` calls in order; stop at the first exception.
-
-    Shared by every executor that calls a sync `__getitem__` in this interpreter.
-    """
-    values: list = []
-    failure = None
+def run_job(dataset: Any, job: Job, where: str) -> tuple[list, Failure | None, float]:
+    """A job's `__getitem__` calls in this interpreter (threads, the warm start)."""
     owner = job.owner
-    seed, epoch = job.seed, job.epoch
-    t0 = perf_counter()
-    for position, index in job.items:
-        if owner.cancelled:  # an aborted epoch: skip what has not started
-            break
-        token = enter_batch(seed, epoch, index)
-        try:
-            values.append(dataset[index])
-        except BaseException as exc:  # noqa: BLE001 - delivered to the consumer, not swallowed
-            failure = Failure(position, index, annotate(exc, index, where))
-            break
-        finally:
-            exit_batch(token)
-    return values, failure, perf_counter() - t0
+    return run_items(lambda _k, index: dataset[index], job.items, job.seed, job.epoch, where,
+                     lambda: owner.cancelled)
 
 
 class _Detached:
@@ -50,7 +33,7 @@ class _Detached:
 def run_remote(dataset: Any, epoch: int, seed: int, items: list, where: str) -> tuple[list, Failure | None, float]:
     """`run_items` for a job sent elsewhere (a process pool, a dask worker): everything here
     must pickle, the failure's exception included."""
-    values, failure, elapsed = run_items(dataset, Job(_Detached(), epoch, seed, items), where)
+    values, failure, elapsed = run_job(dataset, Job(_Detached(), epoch, seed, items), where)
     if failure is not None:
         failure.error = portable(failure.error)
     return values, failure, elapsed
@@ -118,7 +101,7 @@ class ThreadExecutor(Executor):
             job = get()
             if job is _STOP:
                 return
-            values, failure, elapsed = run_items(dataset, job, where)
+            values, failure, elapsed = run_job(dataset, job, where)
             post((job, values, failure, elapsed))
             del job, values, failure  # do not pin the last batch while idle
 

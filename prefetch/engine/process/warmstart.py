@@ -8,8 +8,11 @@ get: the user's dataset object is never touched from this thread, so state it se
 `__getitem__` (an opened file, a cache) stays out of the object the workers are synced from.
 As soon as one worker is ready the executor stops feeding this thread and it ends.
 
-Batches made here are ordinary arrays (no shared memory is involved) and get the same
-`prefetch.rng()` draws as in a worker.
+Opt-in (`Loader(warm_start=True)`): a batch made here runs in the main process, so a crash
+in `__getitem__` (a segfaulting decoder) would take the training process down with it — the
+reason process workers exist. Values take the same pickle round trip as a worker's, so a
+value that cannot cross processes fails here too, and the consumer owns what it gets.
+Batches get the same `prefetch.rng()` draws as in a worker.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import queue
 import threading
 from typing import Any, Callable
 
-from .base import Job, LoopPoster
-from .threads import run_items
+from ..executors.base import Job, LoopPoster
+from ..executors.threads import run_job
 
 _STOP = None
 
@@ -69,7 +72,15 @@ class WarmStart:
             if isinstance(job, bytes):  # reload(): a newer state of the dataset
                 dataset = pickle.loads(job)
                 continue
-            values, failure, elapsed = run_items(dataset, job, where)
+            values, failure, elapsed = run_job(dataset, job, where)
+            try:  # what a worker would hand over: an independent copy, or the pickling error
+                values = [pickle.loads(pickle.dumps(v, protocol=5)) for v in values]
+            except Exception as exc:  # noqa: BLE001 - that batch's error, as from a worker
+                from ...errors import annotate
+                from ..jobs import Failure
+
+                position, index = job.items[0]
+                values, failure = [], Failure(position, index, annotate(exc, index, where))
             self._poster.post((job, values, failure, elapsed))
             del job, values, failure
 
@@ -81,10 +92,3 @@ class WarmStart:
             self._queue.put(_STOP)
             if thread is not threading.current_thread():
                 thread.join(timeout)
-
-
-def worth_it(payload: Any, start_method: str) -> bool:
-    """Whether to warm-start: not with fork (forking while this thread is inside
-    `__getitem__` could copy a held lock into the child), and not for datasets so big that a
-    second copy in this process would cost more memory than the wait is worth."""
-    return start_method != "fork" and payload is not None and len(payload) <= 32 * 1024 * 1024

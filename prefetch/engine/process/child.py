@@ -1,0 +1,271 @@
+"""A process worker's main function: load the dataset once, then run jobs until told to stop
+or until the main process is gone.
+
+Kept light (numpy, pickle and prefetch's small modules) so the fork server imports it once
+for every worker it makes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import select
+import signal
+import socket
+import sys
+import threading
+import traceback
+import weakref
+from typing import Any
+
+import numpy as np
+
+from ... import batchmem
+from ...randomness import seed_worker_globals
+from .. import arena, shm
+from ..jobs import run_items
+from . import protocol as P
+from .wire import BlockingEnd
+
+
+def describe_failure(position: int, index: int, exc: BaseException) -> P.FailureInfo:
+    """An exception as data the main process can rebuild with its own type."""
+    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        blob: bytes | None = pickle.dumps(exc, protocol=5)
+        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt: find out here
+    except Exception:  # noqa: BLE001
+        blob = None
+    cls = type(exc)
+    return P.FailureInfo(position, index, blob, cls.__module__, cls.__qualname__, str(exc), tb_text)
+
+
+# -- loading what the main process sent ------------------------------------------------------------
+class _Unpickler(pickle.Unpickler):
+    """Imports the main script only when the pickle names something defined in it."""
+
+    main_ref: str | None = None
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__main__" and self.main_ref:
+            _import_main(self.main_ref)
+        return super().find_class(module, name)
+
+
+def _load(blob: bytes | bytearray, main_ref: str | None) -> Any:
+    u = _Unpickler(io.BytesIO(blob))
+    u.main_ref = main_ref
+    return u.load()
+
+
+def _import_main(ref: str) -> None:
+    """Import the main process's `__main__` as `__mp_main__` (as multiprocessing's spawn does):
+    its top level runs, what sits under `if __name__ == "__main__":` does not."""
+    current = sys.modules.get("__main__")
+    if getattr(current, "__file__", None) == ref or getattr(current, "_prefetch_main", None) == ref:
+        return
+    import runpy
+    import types
+
+    module = types.ModuleType("__mp_main__")
+    if ref.startswith("module:"):
+        content = runpy.run_module(ref[len("module:"):], run_name="__mp_main__", alter_sys=True)
+    else:
+        content = runpy.run_path(ref, run_name="__mp_main__")
+    module.__dict__.update(content)
+    module._prefetch_main = ref  # type: ignore[attr-defined]
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+
+
+def main_ref() -> str | None:
+    """How a worker finds the main process's `__main__` (see `_import_main`)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name not in ("__main__", "__mp_main__"):
+        return "module:" + spec.name
+    path = getattr(main, "__file__", None)
+    return os.path.abspath(path) if isinstance(path, str) and path.endswith(".py") else None
+
+
+# -- staying alive only as long as the main process ------------------------------------------------
+def _watch_main(fd: int) -> None:
+    """Exit as soon as the main process's end of our socket closes (it died), even while the
+    main thread is deep inside a `__getitem__` that would never return."""
+    poller = select.poll()
+    poller.register(fd, getattr(select, "POLLRDHUP", 0))  # POLLHUP is always reported
+    while True:
+        try:
+            events = poller.poll()
+        except InterruptedError:
+            continue
+        for _, mask in events:
+            if mask & (select.POLLHUP | getattr(select, "POLLRDHUP", 0) | select.POLLERR):
+                os._exit(0)
+            if mask & select.POLLNVAL:
+                return  # our own socket was closed: we are exiting anyway
+
+
+# -- the worker ------------------------------------------------------------------------------------
+class _Segments:
+    """Shared-memory segments this worker mapped, by id."""
+
+    def __init__(self) -> None:
+        self.views: dict[int, np.ndarray] = {}
+        # Forgotten by the main process while arrays the dataset kept still live in them:
+        # dropped once those arrays are gone.
+        self.lingering: list[np.ndarray] = []
+
+    def map(self, specs: list[tuple[int, int]], fds: list[int]) -> None:
+        for (seg_id, size), fd in zip(specs, fds):
+            try:
+                # Populated now, in one go: cheaper than a fault per page on first write.
+                view = shm.map_fd(fd, size, populate=True)
+            finally:
+                os.close(fd)  # the mapping needs no descriptor
+            self.views[seg_id] = view
+            arena.register(view)
+
+    def forget(self, ids: list[int]) -> None:
+        for seg_id in ids:
+            view = self.views.pop(seg_id, None)
+            if view is not None:
+                self.lingering.append(view)
+        self.lingering = [v for v in self.lingering if arena.unregister(v)]
+
+
+class _Producer:
+    """Makes one batch into its segment: numpy allocates large arrays there (or
+    `prefetch.empty` does, without the compiled allocator), then the batch is encoded, and
+    any array the dataset kept in the segment is copied out of what the consumer gets."""
+
+    def __init__(self, dataset: Any, slot: int, segments: _Segments, ctrl: shm.ControlBlock | None):
+        self.dataset = dataset
+        self.slot = slot
+        self.segments = segments
+        self.ctrl = ctrl
+        self.seg_ids: list[int | None] = []
+        self.kept: list[int] = []
+
+    def __call__(self, k: int, index: int) -> P.Result:
+        if self.ctrl is not None and self.ctrl.slots is not None:
+            self.ctrl.slots[self.slot] = index
+        seg_id = self.seg_ids[k]
+        segment = self.segments.views.get(seg_id) if seg_id is not None else None
+        placement = arena.Placement(segment)
+        if not placement.active and arena.available:
+            segment = None  # arrays the dataset kept still live in it: leave it alone
+        made: list = []
+        token = batchmem.enter(None if placement.active else segment, made)
+        try:
+            value = self.dataset[index]
+            if placement.active:
+                in_use, _, wanted = placement.finish()
+            else:
+                in_use, wanted = batchmem.usage()
+            data, placed, needed = shm.encode(value, segment, in_use, wanted)
+            del value  # before looking for arrays the dataset kept
+        finally:
+            placement.finish()
+            batchmem.leave(token)
+        if segment is not None and placed:
+            kept = arena.live_ranges(segment) if arena.available else _alive_ranges(made, segment)
+            if kept:
+                assert seg_id is not None
+                self.kept.append(seg_id)
+                placed = [_private_copy(segment, p, kept) for p in placed]
+        return P.Result(data, placed, needed)
+
+
+def _alive_ranges(made: list, segment: np.ndarray) -> list[tuple[int, int]]:
+    base = segment.ctypes.data
+    out = []
+    for ref in made:
+        arr = ref()
+        if arr is not None:
+            out.append((arr.ctypes.data - base, arr.nbytes))
+    return out
+
+
+def _private_copy(segment: np.ndarray, span: tuple[int, int], kept: list[tuple[int, int]]) -> Any:
+    """`span` as the consumer may have it: in place, unless it overlaps memory the dataset
+    kept — then a copy made now, before the dataset can change that memory again."""
+    o, n = span
+    if any(o < ko + kn and ko < o + n for ko, kn in kept):
+        return bytearray(segment[o:o + n])
+    return span
+
+
+def main(sock: socket.socket, *, forked_from_server: bool = False, close_fds: tuple = ()) -> int:
+    """Worker entry point: `sock` is this worker's end of its socket to the main process."""
+    # Ctrl-C reaches the whole process group; the parent decides what happens, not us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in close_fds:  # fork: the main process's ends of sockets, so their peers see it die
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    threading.Thread(target=_watch_main, args=(sock.fileno(),), name="prefetch-watch-main", daemon=True).start()
+    end = BlockingEnd(sock)
+    payload, fds = end.recv()
+    boot = P.loads(payload)
+    assert isinstance(boot, P.Boot)
+    slot = boot.slot
+    ctrl = shm.ControlBlock(boot.control_slots, fd=fds[0]) if fds else None
+    if forked_from_server:
+        sys.path[:] = boot.sys_path
+    ref = boot.main_ref
+    try:
+        dataset = _load(boot.payload, ref)
+    except BaseException as exc:  # noqa: BLE001 - reported, then this worker ends
+        end.send(P.dumps(P.LoadFailed(describe_failure(-1, -1, exc))))
+        return 0
+    del boot, payload
+    arena.enable()
+    end.send(P.dumps(P.Ready(os.getpid())))
+
+    return _serve(end, dataset, ref, slot, ctrl)
+
+
+def _serve(end: BlockingEnd, dataset: Any, ref: str | None, slot: int, ctrl: shm.ControlBlock | None) -> int:
+    segments = _Segments()
+    produce = _Producer(dataset, slot, segments, ctrl)
+    where = f"process worker {os.getpid()}"
+    seeded_epoch = None
+    while True:
+        try:
+            payload, fds = end.recv()
+        except (EOFError, OSError):
+            return 0  # the main process is gone
+        msg = P.loads(payload)
+        kind = type(msg)
+        if kind is P.Run:
+            if msg.epoch != seeded_epoch:
+                seed_worker_globals(msg.seed, msg.epoch, slot)
+                seeded_epoch = msg.epoch
+            produce.seg_ids = msg.segments
+            produce.kept = []
+            results, failure, elapsed = run_items(produce, msg.items, msg.seed, msg.epoch, where)
+            if ctrl is not None and ctrl.slots is not None:
+                ctrl.slots[slot] = -1
+            info = None if failure is None else describe_failure(failure.position, failure.index, failure.error)
+            # Segments where the dataset kept arrays (even in a failed batch): never reused.
+            kept = sorted({*produce.kept, *(i for i in msg.segments
+                                            if i is not None and i in segments.views
+                                            and arena.live(segments.views[i]))})
+            end.send(P.dumps(P.Done(msg.job_id, results, info, elapsed, kept)))
+            del results, failure, info
+        elif kind is P.MapSegments:
+            segments.map(msg.specs, fds)
+        elif kind is P.Forget:
+            segments.forget(msg.ids)
+        elif kind is P.SyncState:
+            state = vars(produce.dataset)  # the instance dict itself, as the main process diffed it
+            for name, blob in msg.changed.items():
+                state[name] = _load(blob, ref)
+            for name in msg.removed:
+                state.pop(name, None)
+        elif kind is P.ReplaceDataset:
+            produce.dataset = _load(msg.payload, ref)
+        elif kind is P.Stop:
+            return 0

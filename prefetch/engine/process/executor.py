@@ -1,0 +1,437 @@
+"""`executor="process"`: a persistent pool of worker processes per Loader, zero-copy batches
+through shared memory, crash isolation.
+
+- Workers start when the Loader is built (prefetch's fork server by default, see `.zygote`;
+  spawn or fork on request) and live across epochs; each loads the dataset once.
+- Everything runs on the engine's event loop and nothing there blocks on a worker: each
+  worker's socket is a non-blocking `LoopEnd` (see `.wire`), its death a readable descriptor
+  (`pool.ExitWatch`). Every `Run` ends in a `Done` (values, or the batch's error) or in the
+  worker's death, which is the error of the batch it was on (read from the control block)
+  and of every job queued behind it.
+- A batch's large arrays live in shared memory (see `..shm`); the consumer owns what it was
+  handed (see `shm`'s ownership rule).
+- State the dataset's epoch hooks change reaches the workers before the next epoch
+  (see `.sync`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+import pickle
+import sys
+from collections import deque
+from typing import Any
+
+from ...errors import WorkerError, add_note, annotate, describe_exit
+from .. import shm
+from ..executors.base import Executor
+from ..jobs import Failure, Job
+from . import pool as W
+from . import protocol as P
+from .child import main_ref
+from .sync import DatasetSync, Snapshot
+
+_DEPTH = 2  # jobs queued per worker, so it never idles for a round trip
+_CONTROL_SLOTS = 512
+
+
+def rebuild_exception(info: P.FailureInfo, where: str) -> BaseException:
+    """The worker's exception with its own type where it can be rebuilt here, annotated."""
+    exc = None
+    if info.blob is not None:
+        try:
+            exc = pickle.loads(info.blob)
+        except Exception:  # noqa: BLE001
+            exc = None
+    if exc is None:
+        try:
+            cls: Any = importlib.import_module(info.module)
+            for part in info.qualname.split("."):
+                cls = getattr(cls, part)
+            exc = cls(info.message)
+        except Exception:  # noqa: BLE001 - the type cannot be rebuilt here: say what it was
+            exc = RuntimeError(f"{info.module}.{info.qualname}: {info.message}")
+    if info.index >= 0:
+        annotate(exc, info.index, where, info.traceback)
+    else:
+        add_note(exc, f"prefetch: raised in {where} while loading the dataset\n{info.traceback.rstrip()}")
+    return exc
+
+
+class ProcessExecutor(Executor):
+    """`workers` persistent processes; see the module docstring."""
+
+    in_process = False
+    local_processes = True
+    job_overhead = 100e-6
+
+    def __init__(self, dataset: Any, workers: int, snapshot: Snapshot, *, window: int,
+                 start_method: str | None = None, warm_start: bool = False):
+        super().__init__(workers)
+        self.dataset = dataset
+        self.start_method = start_method or W.default_start_method()
+        self.pool = shm.SegmentPool(keep=window)
+        self.control: shm.ControlBlock | None = None
+        self.sync = DatasetSync(dataset, snapshot)
+        self._workers: list[W.Worker] = []  # not DEAD
+        self._pending: deque[Job] = deque()
+        self._jobs: dict[int, tuple[Job, list]] = {}  # job id -> (job, its segments)
+        self._next_job = itertools.count()
+        self._fatal: BaseException | None = None  # the dataset cannot load in a worker
+        self._closed = False
+        self._warm: Any = None
+        self._warm_wanted = warm_start
+
+    # -- workers --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start every worker now (it returns at once: workers load the dataset on their own)."""
+        self.control = shm.ControlBlock(_CONTROL_SLOTS)
+        if self._warm_wanted and self.start_method != "fork":
+            from .warmstart import WarmStart
+
+            self._warm = WarmStart(self.sync.payload(), self._warm_done)
+        self._fill_pool()
+
+    def _launch(self, slot: int) -> W.Worker:
+        w = W.start(self.start_method, slot, self._on_frame, self._on_stream_closed, self._workers)
+        self._workers.append(w)
+        control = self.control
+        fds = [control.fd] if control is not None and slot < _CONTROL_SLOTS else []
+        w.end.send(P.dumps(P.Boot(slot, _CONTROL_SLOTS, list(sys.path), main_ref(),
+                                  self.sync.payload())), fds)
+        if self.loop is not None:
+            w.watch(self.loop, self._on_exit)
+        return w
+
+    def _fill_pool(self) -> None:
+        """Start workers on the lowest free slots until `workers` of them take jobs (at start,
+        after a grow, and to replace workers that died)."""
+        if self._fatal is not None or self._closed:
+            return
+        live = [w for w in self._workers if w.state in W.LIVE]
+        missing = self.workers - sum(w.state in W.TAKES_JOBS for w in live)
+        for w in live:  # a worker asked to retire that is still running is taken back first
+            if missing > 0 and w.state is W.State.RETIRING:
+                w.state = W.State.READY
+                missing -= 1
+        # A slot is a worker's control-block entry and its random-seed stream: one per process.
+        used = {w.slot for w in self._workers}
+        free = (s for s in itertools.count() if s not in used)
+        for _ in range(missing):
+            self._launch(next(free))
+
+    def bind(self, loop: Any) -> None:
+        super().bind(loop)
+        if self._warm is not None:
+            self._warm.bind(loop)
+        for w in self._workers:
+            w.watch(loop, self._on_exit)
+        self._dispatch()
+
+    def unbind(self) -> None:
+        for w in self._workers:
+            w.unwatch()
+        self.loop = None
+
+    def resize(self, workers: int) -> None:
+        super().resize(workers)
+        taking = [w for w in self._workers if w.state in W.TAKES_JOBS]
+        if workers > len(taking):
+            self._fill_pool()
+        else:
+            for w in sorted(taking, key=lambda w: -w.slot)[: len(taking) - workers]:
+                w.state = W.State.RETIRING
+                if not w.jobs:
+                    self._stop(w)
+        self._dispatch()
+
+    def _stop(self, w: W.Worker) -> None:
+        w.state = W.State.STOPPING
+        w.end.send(P.dumps(P.Stop()))
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def begin_epoch(self, epoch: int) -> None:
+        self._fill_pool()  # replace workers that died, or retry ones that could not start
+        msg = self.sync.changes()
+        if msg is not None:
+            frame = P.dumps(msg)
+            for w in self._workers:
+                if w.state in W.LIVE:
+                    w.end.send(frame)
+            if self._warm is not None:
+                self._warm.reload(self.sync.payload())
+
+    def _submit(self, job: Job) -> None:
+        self._pending.append(job)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        pending = self._pending
+        if self._warm is not None and pending and self._warm_serves():
+            return
+        while pending:
+            best = None
+            for w in self._workers:
+                if w.state in W.TAKES_JOBS and len(w.jobs) < _DEPTH and (best is None or len(w.jobs) < len(best.jobs)):
+                    best = w
+            if best is None:
+                if self._fatal is not None or not any(w.state in W.TAKES_JOBS for w in self._workers):
+                    self._fail_pending()
+                return
+            job = pending.popleft()
+            if job.owner.cancelled:
+                self.report(job, [], None, 0.0)
+                continue
+            self._send_job(best, job)
+
+    def _fail_pending(self) -> None:
+        while self._pending:
+            job = self._pending.popleft()
+            error = self._fatal or WorkerError("prefetch: no live worker process to run the batch",
+                                               index=job.items[0][1])
+            self.report(job, [], Failure(job.items[0][0], job.items[0][1], error), 0.0)
+
+    def _send_job(self, w: W.Worker, job: Job) -> None:
+        pool = self.pool
+        segs: list[shm.Segment | None] = []
+        for _ in job.items:
+            seg, new = pool.acquire(w.slot)
+            if new:
+                self._share(seg)  # type: ignore[arg-type]
+            segs.append(seg)
+        if pool.retired:
+            self._forget(pool.retired)
+            pool.retired = []
+        # Accounted to the worker first: if it is dying, its exit reports this job.
+        job_id = next(self._next_job)
+        self._jobs[job_id] = (job, segs)
+        w.jobs.append(job_id)
+        w.end.send(P.dumps(P.Run(job_id, job.epoch, job.seed, job.items,
+                                 [s.id if s is not None else None for s in segs])))
+
+    def _share(self, seg: shm.Segment) -> None:
+        """A new segment: every live worker maps it now; then no descriptor is kept for it."""
+        frame = P.dumps(P.MapSegments([(seg.id, seg.size)]))
+        for w in self._workers:
+            if w.state in W.LIVE:
+                w.end.send(frame, [seg.fd])
+                seg.known.add(w.slot)
+        seg.drop_fd()
+
+    def _forget(self, segs: list[shm.Segment]) -> None:
+        for w in self._workers:
+            mine = [s.id for s in segs if w.slot in s.known]
+            if mine and w.state in W.LIVE:
+                w.end.send(P.dumps(P.Forget(mine)))
+
+    def cancel(self, owner: Any) -> None:
+        kept: deque[Job] = deque()
+        for job in self._pending:
+            if job.owner is owner:
+                self.report(job, [], None, 0.0)
+            else:
+                kept.append(job)
+        self._pending = kept
+
+    # -- what workers send -------------------------------------------------------------------------
+    def _on_frame(self, w: W.Worker, payload: Any, fds: list[int]) -> None:
+        for fd in fds:  # workers send none; never leak one that arrives anyway
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            msg = P.loads(payload)
+        except Exception:  # noqa: BLE001 - a corrupt stream: the worker is ended, its jobs fail
+            w.exit.kill()
+            return
+        kind = type(msg)
+        if kind is P.Done:
+            self._on_done(w, msg)
+        elif kind is P.Ready:
+            if w.state is W.State.BOOTING:
+                w.state = W.State.READY
+            if self._warm is not None and not self._warm.busy:
+                self._end_warm_start()
+            self._dispatch()
+        elif kind is P.LoadFailed:
+            self._fatal = rebuild_exception(msg.failure, f"process worker {w.pid}")
+            self._end_warm_start()
+            self._dispatch()
+
+    def _on_done(self, w: W.Worker, msg: P.Done) -> None:
+        job, segs = self._jobs.pop(msg.job_id)
+        if w.jobs and w.jobs[0] == msg.job_id:
+            w.jobs.popleft()
+        else:
+            w.jobs.remove(msg.job_id)
+        for seg in segs:
+            if seg is not None and seg.id in msg.kept:
+                seg.kept = True
+        pool = self.pool
+        where = f"process worker {w.pid}"
+        values: list = []
+        failure = None
+        cancelled = job.owner.cancelled
+        for k, seg in enumerate(segs):
+            result = msg.results[k] if k < len(msg.results) else None
+            used = False
+            if result is not None:
+                if result.needed:
+                    pool.observe(result.needed)
+                if not cancelled and failure is None:
+                    position, index = job.items[k]
+                    try:
+                        value, used = shm.decode(result.data, seg, result.placed, pool.release)
+                        values.append(value)
+                    except Exception as exc:  # noqa: BLE001 - this batch's error, not the stream's
+                        failure = Failure(position, index, _undecodable(exc, index, where))
+            if seg is not None and not used:
+                pool.give_back(seg)
+        if failure is None and msg.failure is not None and not cancelled:
+            info = msg.failure
+            failure = Failure(info.position, info.index, rebuild_exception(info, where))
+        if w.state is W.State.RETIRING and not w.jobs:
+            self._stop(w)
+        self.report(job, values, failure, msg.elapsed_s)
+        self._dispatch()
+
+    def _on_stream_closed(self, w: W.Worker) -> None:
+        """Its socket ended or broke: the worker is exiting (or must): its exit reports."""
+        if w.state is not W.State.STOPPING:
+            w.exit.kill()
+
+    def _on_exit(self, w: W.Worker) -> None:
+        ended, code = w.exit.poll()
+        if not ended or w.state is W.State.DEAD:
+            return
+        expected = w.state is W.State.STOPPING
+        was_ready = w.state is not W.State.BOOTING
+        if not w.end.closed:
+            w.end.drain()  # results it sent before dying are still in the socket: take them
+        w.state = W.State.DEAD
+        w.unwatch()
+        self._workers.remove(w)
+        for seg in self.pool.segments.values():
+            seg.known.discard(w.slot)  # the slot will be another process's
+        index = -1
+        control = self.control
+        if control is not None and control.slots is not None and w.slot < _CONTROL_SLOTS:
+            index = int(control.slots[w.slot])
+            control.slots[w.slot] = -1
+        blamed = False
+        while w.jobs:
+            job, segs = self._jobs.pop(w.jobs.popleft())
+            self._busy -= 1  # reported below, or submitted again (which counts it anew)
+            for seg in segs:
+                if seg is not None:
+                    self.pool.give_back(seg)
+            if job.owner.cancelled:
+                self._busy += 1
+                self.report(job, [], None, 0.0)
+                continue
+            crashed = next((k for k, (_, i) in enumerate(job.items) if i == index), None) if index >= 0 else None
+            if crashed is None and was_ready and not job.retried:
+                # It never started this job (queued behind, or the worker died between
+                # batches): nothing of it is lost, another worker runs it.
+                job.retried = True
+                self.submit(job)
+                continue
+            if crashed:
+                # The batches before it in the same job were fine: run them again elsewhere,
+                # so the consumer gets every batch up to the crash.
+                self.submit(Job(job.owner, job.epoch, job.seed, job.items[:crashed]))
+                job.items = job.items[crashed:]
+            position, batch = job.items[0]
+            self._busy += 1
+            failure = None
+            if not blamed:  # one error per death; the rest of the epoch ends with it anyway
+                blamed = True
+                failure = Failure(position, batch, self._death_error(w, code, batch, was_ready))
+            self.report(job, [], failure, 0.0)
+        w.end.close()
+        w.exit.close()
+        if not expected and not self._closed and was_ready:
+            try:
+                self._fill_pool()  # the pool is whole again for the next batch
+            except Exception:  # noqa: BLE001 - e.g. the interpreter is exiting; the next epoch retries
+                pass
+        # A worker that died loading the dataset would die again at once: the next epoch retries.
+        self._dispatch()
+
+    def _death_error(self, w: W.Worker, code: int | None, batch: int, was_ready: bool) -> BaseException:
+        if self._fatal is not None:
+            return self._fatal
+        if was_ready:
+            return WorkerError(f"worker process {w.pid} died ({describe_exit(code)}) while producing batch {batch}",
+                               index=batch, pid=w.pid, exitcode=code)
+        text = (f"worker process {w.pid} died ({describe_exit(code)}) while loading the dataset, before it "
+                f"could produce batch {batch}")
+        if code is not None and code > 0:
+            text += (f". With start_method={self.start_method!r} a worker imports your main module again if "
+                     "the dataset's class is defined there: keep the script's entry point under "
+                     "`if __name__ == '__main__':`, and check the worker's output above for its traceback")
+        return WorkerError(text, index=batch, pid=w.pid, exitcode=code)
+
+    # -- warm start (opt-in) ------------------------------------------------------------------------
+    def _warm_serves(self) -> bool:
+        """No worker is ready yet: this process makes the next batch, in order, meanwhile."""
+        if any(w.state is W.State.READY for w in self._workers):
+            return False
+        warm = self._warm
+        if not warm.busy:
+            job = self._pending.popleft()
+            if job.owner.cancelled:
+                self.report(job, [], None, 0.0)
+                return self._warm_serves() if self._pending else True
+            warm.run(job)
+        return True
+
+    def _warm_done(self, report: tuple) -> None:
+        job, values, failure, elapsed = report
+        warm = self._warm
+        if warm is not None:
+            warm.busy = False
+        if values is None:  # its copy of the dataset did not load: leave it to the workers
+            self._end_warm_start()
+            self._pending.appendleft(job)
+        else:
+            if any(w.state is W.State.READY for w in self._workers):
+                self._end_warm_start()
+            if values and not self.pool.size_hint:
+                self.pool.observe(shm.shared_bytes(values[0]))  # workers' first segments fit
+            self.report(job, values, failure, elapsed)
+        self._dispatch()
+
+    def _end_warm_start(self, timeout_s: float = 0.0) -> None:
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            warm.close(timeout=timeout_s)
+
+    # -- shutdown ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Any thread: end every worker (at once, even inside `__getitem__`) and free memory."""
+        if self._closed:
+            return
+        self._closed = True
+        self._end_warm_start(timeout_s=1.0)
+        workers, self._workers = self._workers, []
+        W.end_all(workers)
+        self.pool.close()
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    def __repr__(self) -> str:
+        return f"ProcessExecutor(workers={self.workers}, start_method={self.start_method!r})"
+
+
+def _undecodable(exc: BaseException, index: int, where: str) -> BaseException:
+    error = RuntimeError(f"batch {index} was made in {where}, but this process cannot unpickle it: "
+                         f"{type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    add_note(error, f"prefetch: the value __getitem__({index}) returned does not survive pickling; "
+                    "return plain data (arrays, numbers, strings, dicts/lists/tuples of them)")
+    return error

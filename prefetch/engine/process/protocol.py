@@ -1,0 +1,118 @@
+"""The messages between the main process and a process worker: one named type per message.
+
+Every message is a `NamedTuple` of builtin values (ints, strings, bytes, lists), pickled
+with protocol 5 into one frame (see `.wire`); file descriptors ride along a frame where a
+message says so. Batch values are pickled separately inside `Result.data`, so a message
+itself always decodes — a batch the main process cannot unpickle fails as that batch's error
+instead of breaking the stream.
+
+Conversation: the main process sends `Boot` first (with the control block's descriptor),
+then any of `MapSegments`, `Run`, `Forget`, `SyncState`, `ReplaceDataset`, and `Stop` last.
+The worker answers `Ready` (or `LoadFailed`, then exits) once, then one `Done` per `Run`,
+in the order the runs were sent. A worker that dies owes nothing: its death is the error of
+the job it was running (read from the control block) and of every job queued behind it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, NamedTuple
+
+
+# -- main process -> worker ----------------------------------------------------------------------
+class Boot(NamedTuple):
+    """First message: who the worker is and the dataset to load. One fd: the control block."""
+
+    slot: int  # the worker's index in the pool: its control-block entry and seed stream
+    control_slots: int  # entries in the control block
+    sys_path: list[str]  # the main process's import path
+    main_ref: str | None  # the main script (a path, or "module:NAME"), imported only if a pickle needs `__main__`
+    payload: bytes  # the dataset, pickled (protocol 5)
+
+
+class MapSegments(NamedTuple):
+    """Shared-memory segments to map; their fds ride along, in the same order."""
+
+    specs: list[tuple[int, int]]  # (segment id, size in bytes)
+
+
+class Run(NamedTuple):
+    """Produce batches `items` = [(position in the epoch, batch index)] into `segments`."""
+
+    job_id: int
+    epoch: int
+    seed: int
+    items: list[tuple[int, int]]
+    segments: list[int | None]  # one segment id per item (None: no segment yet)
+
+
+class Forget(NamedTuple):
+    """Unmap these segments (once no array the dataset kept lives in them)."""
+
+    ids: list[int]
+
+
+class SyncState(NamedTuple):
+    """Attributes of the dataset the main process changed between epochs."""
+
+    changed: dict[str, bytes]  # name -> pickle
+    removed: list[str]
+
+
+class ReplaceDataset(NamedTuple):
+    """The whole dataset, pickled (when attributes cannot be diffed)."""
+
+    payload: bytes
+
+
+class Stop(NamedTuple):
+    """Leave after the jobs already received."""
+
+
+# -- worker -> main process ----------------------------------------------------------------------
+class FailureInfo(NamedTuple):
+    """An exception as data the main process rebuilds with its own type where it can."""
+
+    position: int  # -1: not a batch (loading the dataset)
+    index: int
+    blob: bytes | None  # the exception pickled, if it survives a round trip
+    module: str
+    qualname: str
+    message: str
+    traceback: str
+
+
+class Result(NamedTuple):
+    """One batch: its pickle and where its large buffers are."""
+
+    data: bytes
+    placed: list  # per out-of-band buffer: (offset, nbytes) in the segment, or a bytearray copy
+    needed: int  # bytes a segment needs to hold all of this batch's large arrays
+
+
+class Ready(NamedTuple):
+    pid: int
+
+
+class LoadFailed(NamedTuple):
+    """The dataset could not be loaded in the worker; it exits after this."""
+
+    failure: FailureInfo
+
+
+class Done(NamedTuple):
+    """The answer to one `Run`: results for the items before the first failure, if any."""
+
+    job_id: int
+    results: list[Result]
+    failure: FailureInfo | None
+    elapsed_s: float
+    kept: list[int]  # segment ids in which the dataset kept arrays: never to be reused
+
+
+def dumps(msg: Any) -> bytes:
+    return pickle.dumps(msg, protocol=5)
+
+
+def loads(frame: Any) -> Any:
+    return pickle.loads(frame)

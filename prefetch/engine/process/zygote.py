@@ -1,0 +1,224 @@
+"""prefetch's fork server: a small process that imported numpy and the worker code once, and
+forks a worker whenever the main process asks. It is what `start_method="forkserver"` uses.
+
+Why not `multiprocessing`'s forkserver: every worker it makes imports the main script again
+(`if __name__ == "__main__":` territory: a training script importing torch pays for that
+once per worker), its workers outlive a SIGKILLed parent for as long as they are busy, and
+a worker's death can only be learnt through it. Here:
+
+- a worker imports the main script only if the dataset's pickle refers to `__main__`;
+- the server dies with the main process (its control socket ends), and each worker with the
+  server (`PR_SET_PDEATHSIG` on Linux) and with the main process (it watches its socket);
+- for each worker the server hands back a status socket: it carries the pid at once and the
+  exit status when the worker ends, so the main process's event loop learns of a death by
+  a readable socket, like any other I/O.
+
+One server per interpreter, started on first use and ended at exit, like multiprocessing's.
+It holds no dataset and no worker state: it only forks.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from .protocol import dumps, loads
+from .wire import BlockingEnd, FrameReader
+
+_STATUS = struct.Struct("<q")
+
+
+class Zygote:
+    """The main process's handle on the server."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        code = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; "
+                f"sys.path[:0] = {[p for p in sys.path if p]!r}; "
+                "from prefetch.engine.process.zygote import serve; serve(int(sys.argv[1]))")
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno())],
+                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                         start_new_session=False)
+        finally:
+            theirs.close()
+        self.pid = os.getpid()  # the process that owns this server (not a fork of it)
+        self._end = BlockingEnd(ours)
+        self._lock = threading.Lock()
+
+    def fork(self, worker_sock: socket.socket) -> socket.socket:
+        """Ask for a worker on `worker_sock` (the worker's end); returns the status socket.
+
+        Never waits for the server: the request sits in its socket until the server is up.
+        """
+        status_ours, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with self._lock:
+                self._end.send(dumps(("fork",)), [status_theirs.fileno(), worker_sock.fileno()])
+        finally:
+            status_theirs.close()
+        return status_ours
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        try:
+            self._end.sock.close()  # the server exits when its control socket ends
+        except OSError:
+            pass
+        try:
+            self.proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_server: Zygote | None = None
+_server_lock = threading.Lock()
+_exiting = False
+
+
+def server() -> Zygote:
+    """This interpreter's fork server, started on first use."""
+    global _server
+    with _server_lock:
+        if _exiting:
+            raise RuntimeError("prefetch: no new worker process while the interpreter exits")
+        z = _server
+        if z is None or z.pid != os.getpid() or not z.alive():
+            if z is not None and z.pid == os.getpid():
+                z.close()
+            z = _server = Zygote()
+        return z
+
+
+@atexit.register
+def _shutdown() -> None:
+    global _exiting
+    with _server_lock:
+        _exiting = True
+    z = _server
+    if z is not None and z.pid == os.getpid():
+        z.close()
+
+
+def parse_status(data: bytes) -> tuple[int | None, int | None]:
+    """(pid, exit code) from what a status socket carried so far (None: not yet)."""
+    pid = _STATUS.unpack_from(data)[0] if len(data) >= _STATUS.size else None
+    code = _STATUS.unpack_from(data, _STATUS.size)[0] if len(data) >= 2 * _STATUS.size else None
+    return pid, code
+
+
+# -- the server process ------------------------------------------------------------------------------
+def serve(control_fd: int) -> None:
+    """The server's main loop (run in a fresh interpreter by `Zygote`)."""
+    # What every worker needs, imported once here and inherited by each fork.
+    import numpy  # noqa: F401
+
+    from . import child
+
+    control = socket.socket(fileno=control_fd)
+    control.setblocking(False)
+    reader = FrameReader()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    status_of: dict[int, socket.socket] = {}
+    sel = selectors.DefaultSelector()
+    sel.register(control, selectors.EVENT_READ)
+    sel.register(wake_r, selectors.EVENT_READ)
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is control:
+                try:
+                    if not reader.receive(control):
+                        return  # the main process is gone: workers follow (PR_SET_PDEATHSIG)
+                except BlockingIOError:
+                    continue
+                while reader.frames:
+                    payload, fds = reader.frames.popleft()
+                    status = socket.socket(fileno=fds[0])
+                    loads(payload)  # ("fork",): the only request
+                    me = os.getpid()
+                    pid = os.fork()
+                    if pid == 0:
+                        signal.set_wakeup_fd(-1)
+                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                        sel.close()
+                        for s in (control, status, *status_of.values()):
+                            s.close()
+                        os.close(wake_r)
+                        os.close(wake_w)
+                        _run_child(child, fds[1], me)
+                    os.close(fds[1])
+                    status_of[pid] = status
+                    _send_status(status, pid)
+            else:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                _reap(status_of)
+
+
+def _run_child(child: Any, fd: int, server_pid: int) -> None:
+    code = 1
+    try:
+        _die_with_parent(server_pid)
+        code = child.main(socket.socket(fileno=fd), forked_from_server=True) or 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - printed, then the worker exits
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(code)
+
+
+def _die_with_parent(server_pid: int) -> None:
+    """Linux: the kernel kills this process when the server (its parent) ends."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != server_pid:  # the server died before the line above
+        os._exit(1)
+
+
+def _send_status(sock: socket.socket, value: int) -> None:
+    try:
+        sock.send(_STATUS.pack(value))
+    except OSError:
+        pass
+
+
+def _reap(status_of: dict[int, socket.socket]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        sock = status_of.pop(pid, None)
+        if sock is not None:
+            _send_status(sock, os.waitstatus_to_exitcode(status))
+            sock.close()
