@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Callable, Generic, Iterator, TypeVar
 from .dataset import inspect_dataset, num_batches_of
 from .engine.channel import Channel, EpochEnded
 from .engine.executors import NAMED as _KINDS
-from .engine.process.pool import START_METHODS as _START_METHODS
+from .engine.executors import START_METHODS as _START_METHODS
 from .engine.executors import executor_factory, is_dask_client
 from .engine.loop import running_loop
 from .engine.runtime import Engine

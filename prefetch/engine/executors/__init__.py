@@ -7,9 +7,10 @@ from typing import Any, Callable
 
 from .base import Executor, Failure, Job
 
-__all__ = ["NAMED", "Executor", "Failure", "Job", "executor_factory", "is_dask_client"]
+__all__ = ["NAMED", "START_METHODS", "Executor", "Failure", "Job", "executor_factory", "is_dask_client"]
 
 NAMED = ("thread", "process", "async")  # the executors a Loader (and the bench CLI) takes by name
+START_METHODS = ("forkserver", "spawn", "fork")  # for process workers; see process.pool
 
 
 def is_dask_client(obj: Any) -> bool:

@@ -207,7 +207,10 @@ def main(sock: socket.socket, *, forked_from_server: bool = False, close_fds: tu
             pass
     threading.Thread(target=_watch_main, args=(sock.fileno(),), name="prefetch-watch-main", daemon=True).start()
     end = BlockingEnd(sock)
-    payload, fds = end.recv()
+    try:
+        payload, fds = end.recv()
+    except (EOFError, ConnectionResetError):
+        return 0  # closed before we started
     boot = P.loads(payload)
     assert isinstance(boot, P.Boot)
     slot = boot.slot
@@ -216,15 +219,17 @@ def main(sock: socket.socket, *, forked_from_server: bool = False, close_fds: tu
         sys.path[:] = boot.sys_path
     ref = boot.main_ref
     try:
-        dataset = _load(boot.payload, ref)
-    except BaseException as exc:  # noqa: BLE001 - reported, then this worker ends
-        end.send(P.dumps(P.LoadFailed(describe_failure(-1, -1, exc))))
-        return 0
-    del boot, payload
-    arena.enable()
-    end.send(P.dumps(P.Ready(os.getpid())))
-
-    return _serve(end, dataset, ref, slot, ctrl)
+        try:
+            dataset = _load(boot.payload, ref)
+        except BaseException as exc:  # noqa: BLE001 - reported, then this worker ends
+            end.send(P.dumps(P.LoadFailed(describe_failure(-1, -1, exc))))
+            return 0
+        del boot, payload
+        arena.enable()
+        end.send(P.dumps(P.Ready(os.getpid())))
+        return _serve(end, dataset, ref, slot, ctrl)
+    except (BrokenPipeError, ConnectionResetError):
+        return 0  # the main process closed our socket (it is closing or gone): nothing to say
 
 
 def _serve(end: BlockingEnd, dataset: Any, ref: str | None, slot: int, ctrl: shm.ControlBlock | None) -> int:
@@ -235,7 +240,7 @@ def _serve(end: BlockingEnd, dataset: Any, ref: str | None, slot: int, ctrl: shm
     while True:
         try:
             payload, fds = end.recv()
-        except (EOFError, OSError):
+        except EOFError:
             return 0  # the main process is gone
         msg = P.loads(payload)
         kind = type(msg)

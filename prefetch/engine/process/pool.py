@@ -27,14 +27,12 @@ from collections import deque
 from time import monotonic
 from typing import Any, Callable
 
+from ..executors import START_METHODS  # noqa: F401 - named here too: pool is where they mean something
 from . import zygote
 from .wire import LoopEnd
 
 _EXIT_GRACE_S = 0.5  # how long close() waits for workers to leave on their own before SIGKILL
 _KILL_WAIT_S = 1.0  # and then for the killed ones to be gone
-
-START_METHODS = ("forkserver", "spawn", "fork")
-
 
 def default_start_method() -> str:
     """prefetch's fork server where fork exists (safe after JAX/torch started threads: the

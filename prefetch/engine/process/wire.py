@@ -137,6 +137,7 @@ class LoopEnd:
         self._out: deque[list] = deque()
         self._loop: Any = None
         self._writing = False
+        self._flush_soon = False
         self.closed = False
 
     def attach(self, loop: Any) -> None:
@@ -172,8 +173,14 @@ class LoopEnd:
         else:  # no copy of a large payload: its header goes first, on its own
             self._out.append([memoryview(head), owned])
             self._out.append([memoryview(payload), []])
-        if not self._writing:
-            self._flush()
+        if not self._writing and not self._flush_soon:
+            if self._loop is None:
+                self._flush()
+            else:
+                # Written at the end of this loop iteration: several frames queued meanwhile
+                # (a burst of jobs) cost one system call and one wake-up of the worker.
+                self._flush_soon = True
+                self._loop.call_soon(self._flush)
 
     def _want_write(self) -> None:
         if self._loop is not None and not self._writing:
@@ -181,7 +188,12 @@ class LoopEnd:
             self._loop.add_writer(self.fd, self._flush)
 
     def _flush(self) -> None:
+        self._flush_soon = False
+        if self.closed:
+            return
         out = self._out
+        if len(out) > 1 and not out[0][1] and not out[1][1]:
+            self._coalesce()
         try:
             while out:
                 entry = out[0]
@@ -211,6 +223,14 @@ class LoopEnd:
                 self._loop.remove_writer(self.fd)
             except (ValueError, OSError, RuntimeError):
                 pass
+
+    def _coalesce(self) -> None:
+        """Join queued frames without fds into one buffer (up to the first with fds)."""
+        out = self._out
+        parts = []
+        while out and not out[0][1] and len(parts) < 256:
+            parts.append(out.popleft()[0])
+        out.appendleft([memoryview(b"".join(parts)), []])
 
     def _drop_output(self) -> None:
         while self._out:
