@@ -258,3 +258,18 @@ def test_sigkill_of_a_random_worker_at_a_random_moment_never_hangs_loses_or_dupl
             assert sorted(again) == list(range(n))
     assert outcomes["error"] > 0
     assert _fds() - fds_before <= 2
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_killed_between_batches_loses_nothing(no_leaks):
+    with prefetch.Loader(CheapArrays(30), workers=2, executor="process", max_queue_size=2) as loader:
+        got = []
+        for x in loader:
+            got.append(int(x[0]))
+            if len(got) == 5:
+                time.sleep(0.3)  # the window is full: both workers sit idle
+                executor = loader._engine.executor
+                idle = [w for w in executor._workers if executor.control.slots[w.slot] == -1]
+                os.kill(idle[0].pid, signal.SIGKILL)
+        assert got == list(range(30))
+        assert sorted(int(x[0]) for x in loader) == list(range(30))

@@ -110,7 +110,9 @@ def test_dead_worker_raises_worker_error_naming_the_batch_then_recovers(how, no_
 def test_worker_killed_from_outside_is_reported_within_a_second(no_leaks):
     with prefetch.Loader(Pid(10**6, delay=0.01), workers=2, executor="process") as loader:
         it = iter(loader)
-        os.kill(next(it), signal.SIGKILL)  # batches are the pid of the worker that made them
+        pid = next(it)  # batches are the pid of the worker that made them
+        time.sleep(0.005)  # it is inside its next batch now (a worker killed between batches loses nothing)
+        os.kill(pid, signal.SIGKILL)
         t0 = time.perf_counter()
         with pytest.raises(prefetch.WorkerError, match="SIGKILL"):
             for _ in it:
