@@ -432,4 +432,12 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_shmalloc",
                                     "numpy allocator placing large arrays in shared memory", -1, methods};
 
-PyMODINIT_FUNC PyInit__shmalloc(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__shmalloc(void) {
+    PyObject *m = PyModule_Create(&module);
+    /* arena.py checks it against shm.ALIGN: one alignment for everything placed in a segment */
+    if (m && PyModule_AddIntConstant(m, "ALIGN", ALIGN) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

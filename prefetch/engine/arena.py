@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .shm import MIN_SHARED
+from .shm import ALIGN, MIN_SHARED
 
 try:
     if os.environ.get("PREFETCH_SHM_ALLOCATOR", "1") == "0":
@@ -42,10 +42,12 @@ def _numpy_c_api() -> Any:
 available = False
 if _native is not None:
     try:
+        if getattr(_native, "ALIGN", None) != ALIGN:
+            raise ImportError("the compiled allocator was built for another alignment: rebuild it")
         _native.bind(_numpy_c_api())
         _native.set_threshold(MIN_SHARED)  # what is smaller is pickled in-band anyway
         available = True
-    except Exception:  # pragma: no cover - an unexpected numpy build: fall back to copying
+    except Exception:  # pragma: no cover - an unexpected numpy build or a stale build: fall back to copying
         available = False
 
 HANDLER_NAME = "prefetch_shared_memory"

@@ -12,8 +12,20 @@
 Shared memory itself (segments, encoding a batch, the allocator) is `..shm` / `..arena`.
 """
 
-from .executor import ProcessExecutor
-from .pool import START_METHODS, default_start_method
-from .sync import Snapshot, pickle_dataset
+from typing import Any
 
-__all__ = ["START_METHODS", "ProcessExecutor", "Snapshot", "default_start_method", "pickle_dataset"]
+__all__ = ["ProcessExecutor", "Snapshot", "default_start_method", "pickle_dataset"]
+
+# Loaded on first use: the fork server and the workers import this package for `child` and
+# `zygote` alone, and must not pay for the executor's event-loop machinery.
+_LAZY = {"ProcessExecutor": "executor", "Snapshot": "sync", "pickle_dataset": "sync",
+         "default_start_method": "pool"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)
