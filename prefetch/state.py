@@ -104,13 +104,13 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _int(field: str, value: Any, lo: int, hi: int) -> int:
+def _int(field: str, value: Any, lo: int, hi: int, entry: str = "") -> int:
     """An integer in [lo, hi] (numpy integers too; never a bool, float or string)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise StateError(field, f"must be an int, got {type(value).__name__} {_describe(value)}")
+        raise StateError(field, f"{entry}must be an int, got {type(value).__name__} {_describe(value)}")
     value = int(value)
     if not lo <= value <= hi:
-        raise StateError(field, f"must be in [{lo}, {hi}], got {value}")
+        raise StateError(field, f"{entry}must be in [{lo}, {hi}], got {value}")
     return value
 
 
@@ -126,7 +126,7 @@ def _int_list(field: str, value: Any, lo: int, hi: int) -> tuple[int, ...]:
         raise StateError(field, f"must be a list of ints, got {type(value).__name__} {_describe(value)}")
     if len(value) > max(0, hi - lo + 1):
         raise StateError(field, f"has {len(value)} entries; at most {max(0, hi - lo + 1)} fit in [{lo}, {hi}]")
-    out = tuple(_int(f"{field}[{k}]", v, lo, hi) for k, v in enumerate(value))
+    out = tuple(_int(field, v, lo, hi, f"entry {k}: ") for k, v in enumerate(value))
     for k in range(1, len(out)):
         if out[k] <= out[k - 1]:
             what = "a duplicate" if out[k] == out[k - 1] else "out of order"
