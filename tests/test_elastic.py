@@ -212,9 +212,9 @@ def test_an_unordered_state_with_batches_past_a_gap_resumes_only_on_its_own_shar
         gate.set()
         loader.close()
     assert 0 not in early and state["position"] == 0 and state["delivered_after"]
-    with prefetch.Loader(Indexed(8), ordered=False, seed=1, shard=prefetch.Shard(0, 4)) as other:
-        with pytest.raises(ValueError, match="field 'delivered_after'.*out of order"):
-            other.load_state_dict(state)
+    with prefetch.Loader(Indexed(8), ordered=False, seed=1, shard=prefetch.Shard(0, 4)) as other, \
+            pytest.raises(ValueError, match="field 'delivered_after'.*out of order"):
+        other.load_state_dict(state)
     with prefetch.Loader(Indexed(8), ordered=False, seed=1, shard=prefetch.Shard(0, 2)) as same:
         same.load_state_dict(state)
         assert sorted(early + list(same)) == [0, 2, 4, 6]
