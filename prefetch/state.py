@@ -214,3 +214,24 @@ def resume_point(progress: Progress, shard: Shard | None) -> ResumePoint:
         done = min(done, progress.num_batches)  # a padded part wraps past the end
     return ResumePoint(progress.epoch, progress.seed, done, 0, frozenset(), frozenset())
 
+
+
+def settled(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` (from `Loader.state_dict()`), written as the start of the next epoch when every
+    batch of its epoch was consumed but the epoch was not ended yet (a framework that stops
+    asking at `len(loader)` batches, as Keras does, never asks for the end).
+
+    Example:
+        >>> s = {"version": 2, "epoch": 0, "start": 0, "position": 3, "delivered_after": [], "skipped": [1],
+        ...      "seed": 0, "shuffle": False, "num_batches": 3, "shard": None}
+        >>> settled(s)["epoch"], settled(s)["position"], settled(s)["skipped"]
+        (1, 0, [])
+    """
+    n = state.get("num_batches")
+    if n is None or state.get("delivered_after"):
+        return state
+    raw = state.get("shard")
+    shard = None if raw is None else Shard(*raw)
+    if state["position"] < part_size(n, shard, state.get("start", 0)):
+        return state
+    return dict(state, epoch=state["epoch"] + 1, start=0, position=0, delivered_after=[], skipped=[])
