@@ -199,7 +199,7 @@ class Loader(Generic[B]):
         self._skipped = set()
 
     def _skip_budget(self) -> int:
-        """Failures the epoch may still skip (what a resumed state already skipped counts)."""
+        """Failures one epoch may skip in all (a resumed epoch has used `len(_skipped)`)."""
         return budget(self.max_failures, self.num_batches)
 
     def _supersede(self) -> None:
