@@ -4,11 +4,14 @@ resumed run skips the same batches without running them again."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
 import math
 import os
+import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -187,3 +190,38 @@ def test_a_dead_worker_process_is_skipped_and_the_pool_refilled(caplog, no_leaks
         assert list(loader) == [i for i in range(16) if i != 5]  # the next epoch too
         assert loader.stats.skipped == 2
     assert any("WorkerError" in r.getMessage() and "batch 5 " in r.getMessage() for r in caplog.records)
+
+
+class _Busy(FailingSet):
+    """Counts how many `__getitem__` calls run at once."""
+
+    def __init__(self, n: int, bad, **kwargs):
+        super().__init__(n, bad, **kwargs)
+        self.lock = threading.Lock()
+        self.active = self.max_active = 0
+
+    def __getitem__(self, i: int) -> int:
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            time.sleep(0.003)
+            return super().__getitem__(i)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_skipped_batches_hold_their_window_slot_until_passed():
+    dataset = _Busy(40, range(0, 40, 2))
+    with prefetch.Loader(dataset, workers=8, max_queue_size=3, max_failures=20) as loader:
+        assert list(loader) == list(range(1, 40, 2))
+    assert dataset.max_active <= 3
+
+
+def test_async_for_skips_too():
+    async def main():
+        with prefetch.Loader(FailingSet(10, {0, 9}), workers=2, max_failures=2) as loader:
+            return [batch async for batch in loader], loader.stats.skipped
+
+    assert asyncio.run(main()) == ([1, 2, 3, 4, 5, 6, 7, 8], 2)
