@@ -124,6 +124,9 @@ def test_an_epoch_resumed_elastically_can_be_resumed_elastically_again(n, counts
             state = json.loads(json.dumps(hosts[-1].state_dict()))
         finally:
             _close(hosts)
+    order = global_order(n, epoch=0, seed=seed, shuffle=True).tolist()
+    done = len(read)
+    assert sorted(read) == sorted(order[:done])  # a prefix of the global order, once each
     last = _hosts(n, counts[2], False, seed=seed, shuffle=True)
     try:
         for loader in last:
@@ -132,11 +135,10 @@ def test_an_epoch_resumed_elastically_can_be_resumed_elastically_again(n, counts
             read += list(loader)
     finally:
         _close(last)
-    order = global_order(n, epoch=0, seed=seed, shuffle=True).tolist()
     assert len(set(read)) == len(read)
     unread = [b for b in order if b not in set(read)]
-    assert unread == order[len(order) - len(unread):]  # only a tail of the order ...
-    assert len(unread) < max(counts)  # ... shorter than a split's remainder
+    assert unread == order[len(order) - len(unread):]  # only a tail of the order: ...
+    assert len(unread) == (n - done) % counts[2]  # ... the last split's remainder
 
 
 def test_four_hosts_resume_on_two_with_the_rest_of_the_global_order():
