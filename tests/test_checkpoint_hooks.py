@@ -152,3 +152,21 @@ def test_a_training_process_killed_with_sigkill_resumes_to_the_same_final_batche
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "exit status -9" in proc.stdout and "same final batches and weights" in proc.stdout
     assert "skipped batch 7 of epoch 0 after OSError" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_dcp_on_two_ranks_resumes_elastically_on_three(tmp_path):
+    """DCP writes non-tensor values from rank 0 only and every rank loads that copy: the
+    state being host-independent is what makes the three new ranks split the rest right."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]))
+    for phase, world in (("save", 2), ("load", 3)):
+        proc = subprocess.run([sys.executable, str(HERE / "dcp_elastic_run.py"), phase, str(world),
+                               str(tmp_path / "ckpt"), str(tmp_path / phase)], env=env, capture_output=True,
+                              text=True, timeout=280, check=False)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    read = [json.loads((tmp_path / f"save.{r}").read_text()) for r in range(2)]
+    rest = [json.loads((tmp_path / f"load.{r}").read_text()) for r in range(3)]
+    order = epoch_order(20, epoch=0, seed=3, shuffle=True, shard=None).tolist()
+    assert read == [order[r:6:2] for r in range(2)]  # global positions 0-5
+    assert rest == [order[6 + r:18:3] for r in range(3)]  # 6-17; the last 2 of 14 do not split 3 ways
