@@ -225,3 +225,13 @@ def test_async_for_skips_too():
             return [batch async for batch in loader], loader.stats.skipped
 
     assert asyncio.run(main()) == ([1, 2, 3, 4, 5, 6, 7, 8], 2)
+
+
+@pytest.mark.timeout(120)
+def test_a_dask_cluster_skips_too():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client, \
+            prefetch.Loader(FailingSet(12, {3, 4}), executor=client, workers=2, max_failures=2) as loader:
+        assert list(loader) == [i for i in range(12) if i not in {3, 4}]
+        assert loader.stats.skipped == 2
