@@ -14,14 +14,16 @@ from .engine.executors import START_METHODS as _START_METHODS
 from .engine.executors import executor_factory, is_dask_client
 from .engine.loop import running_loop
 from .engine.runtime import Engine
-from .engine.scheduler import ChunkSizer, EpochRun
+from .engine.scheduler import ChunkSizer, EpochRun, Skipped
 from .order import epoch_order, infinite_order, remaining
 from .shard import Shard
+from .skips import budget, check_max_failures, log_skip
+from .state import VERSION as _STATE_VERSION
+from .state import parse as _parse_state
+from .state import resume_point, shard_key
 from .stats import Stats
 
 B = TypeVar("B")
-
-_STATE_VERSION = 1
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -63,6 +65,10 @@ class Loader(Generic[B]):
             (from a private copy of the dataset). The first batch comes sooner, but a crash in
             those `__getitem__` calls (a segfaulting decoder) takes this process down: off by
             default, so every batch runs isolated in a worker.
+        max_failures: failing batches (an exception in `__getitem__`, a dead worker) each
+            epoch may skip instead of raising: an int, or a float fraction of the epoch's
+            batches. Each skip is logged (logger "prefetch"), counted in `stats.skipped` and
+            recorded in `state_dict()`; the next failure past the budget is raised.
 
     Example:
         >>> import prefetch
@@ -74,7 +80,7 @@ class Loader(Generic[B]):
     def __init__(self, dataset: Any, *, workers: int | str | None = None, use_multiprocessing: bool | None = None,
                  max_queue_size: int | None = None, executor: Any = None, shuffle: bool = False,
                  seed: int | None = None, ordered: bool = True, shard: Shard | None = None,
-                 start_method: str | None = None, warm_start: bool = False):
+                 start_method: str | None = None, warm_start: bool = False, max_failures: float = 0):
         info = inspect_dataset(dataset)
         self.auto_workers = workers == "auto"
         if self.auto_workers:
@@ -106,6 +112,9 @@ class Loader(Generic[B]):
             seed = secrets.randbits(63)
         elif isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
+        max_failures = check_max_failures(max_failures)
+        if isinstance(max_failures, float) and info.num_batches is None:
+            raise ValueError("max_failures as a fraction needs a finite dataset; give an infinite one an int")
         if start_method not in (None, *_START_METHODS):
             raise ValueError(f"start_method must be 'forkserver', 'spawn' or 'fork', got {start_method!r}")
         self.dataset = dataset
@@ -116,10 +125,15 @@ class Loader(Generic[B]):
         self.seed = seed
         self.ordered = bool(ordered)
         self.shard = shard
+        self.max_failures = max_failures
         self.stats = Stats(workers)
         self._epoch = 0
-        self._prefix = 0  # positions [0, prefix) of the current epoch were delivered ...
+        # Local positions of this host's part of the epoch (see prefetch.order), which
+        # begins at global position `start` (0 unless resumed on another host count).
+        self._start = 0
+        self._prefix = 0  # positions [0, prefix) of the current epoch were consumed ...
         self._seen: set[int] = set()  # ... and these beyond it (completion order)
+        self._skipped: set[int] = set()  # consumed positions whose batch failed and was skipped
         self._cut = False  # the current epoch was cut short: the next iteration starts the next one
         # Weak, so a `break` that drops the iterator ends the epoch right away.
         self._active_ref: Callable[[], _Epoch | None] = lambda: None
@@ -171,16 +185,24 @@ class Loader(Generic[B]):
     def _plan(self) -> tuple[int, Iterator[tuple[int, int]]]:
         if self._cut:
             self._cut = False
-            self._epoch += 1
-            self._prefix = 0
-            self._seen = set()
+            self._next_epoch()
         n = num_batches_of(self.dataset)
         if n is None:
-            order: Any = infinite_order(self.shard)
+            order: Any = infinite_order(self.shard, self._start)
         else:
             order = epoch_order(n, epoch=self._epoch, seed=self.seed, shuffle=self.shuffle,
-                                shard=self.shard).tolist()
+                                shard=self.shard, start=self._start).tolist()
         return self._epoch, remaining(order, self._prefix, frozenset(self._seen))
+
+    def _next_epoch(self) -> None:
+        self._epoch += 1
+        self._start = self._prefix = 0
+        self._seen = set()
+        self._skipped = set()
+
+    def _skip_budget(self) -> int:
+        """Failures one epoch may skip in all (a resumed epoch has used `len(_skipped)`)."""
+        return budget(self.max_failures, self.num_batches)
 
     def _supersede(self) -> None:
         if self._active is not None:
@@ -195,7 +217,8 @@ class Loader(Generic[B]):
             self._sizer = ChunkSizer(executor)
         executor.begin_epoch(epoch)
         run = EpochRun(executor=executor, items=items, epoch=epoch, seed=self.seed, window=self.max_queue_size,
-                       ordered=self.ordered, channel=channel, sizer=self._sizer, stats=self.stats)
+                       ordered=self.ordered, channel=channel, sizer=self._sizer, stats=self.stats,
+                       skips=max(0, self._skip_budget() - len(self._skipped)))
         if self.auto_workers:
             from .engine.autotune import AutoTuner
 
@@ -217,12 +240,17 @@ class Loader(Generic[B]):
         else:
             self._seen.add(position)
 
+    def _skip(self, position: int, skipped: Skipped) -> None:
+        """The consumer passed a skipped batch: it counts as consumed, and is recorded."""
+        self._delivered(position)
+        self._skipped.add(position)
+        self.stats.skipped += 1
+        log_skip(skipped.index, self._epoch, skipped.error, len(self._skipped), self._skip_budget())
+
     def _epoch_done(self, complete: bool) -> None:
         self.stats.epoch_ended()
         if complete:
-            self._epoch += 1
-            self._prefix = 0
-            self._seen = set()
+            self._next_epoch()
             self.stats.epochs += 1
         else:
             # Progress is kept so state_dict() still says "right after the last delivered
@@ -231,44 +259,44 @@ class Loader(Generic[B]):
 
     # -- resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Where iteration stands: the epoch, what of it was delivered, and the seed.
+        """Where iteration stands: the epoch, what of it was consumed, and the seed.
 
         Feed it to `load_state_dict` of a new Loader over the same dataset (in a new process,
         after a preemption): its next iteration yields exactly the batches not yet delivered
-        in that epoch, in the same order, then carries on with the following epochs.
+        in that epoch, in the same order, then carries on with the following epochs. Plain
+        JSON-able data (the format: `prefetch.state`).
         """
         return {
             "version": _STATE_VERSION,
             "epoch": self._epoch,
+            "start": self._start,
             "position": self._prefix,
             "delivered_after": sorted(self._seen),
+            "skipped": sorted(self._skipped),
             "seed": self.seed,
             "shuffle": self.shuffle,
             "num_batches": num_batches_of(self.dataset),
-            "shard": _shard_key(self.shard),
+            "shard": shard_key(self.shard),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from `state_dict()`; the next iteration continues that epoch."""
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise ValueError(f"not a prefetch Loader state (version {_STATE_VERSION}): {state!r}")
-        n = num_batches_of(self.dataset)
-        if state["num_batches"] != n:
-            raise ValueError(f"the state is for a dataset of {state['num_batches']} batches; this one has {n}")
-        saved = state["shard"]
-        if saved is not None and saved[1] == 1:  # a single shard reads everything: same as none
-            saved = None
-        shard = _shard_key(self.shard)
-        if saved != shard:
-            raise ValueError(f"the state is for shard {state['shard']}; this loader reads shard {shard}")
-        if bool(state["shuffle"]) != self.shuffle:
-            raise ValueError(f"the state was saved with shuffle={state['shuffle']}; this loader has {self.shuffle}")
+        """Resume from `state_dict()`; the next iteration continues that epoch.
+
+        The state may come from another shard or host count (elastic resume): with every
+        host at the same step, the rest of the epoch is re-divided among the new hosts. A
+        malformed state, or one for another dataset length or `shuffle`, raises a
+        `ValueError` (`prefetch.state.StateError`) naming the field, and changes nothing.
+        """
+        progress = _parse_state(state, num_batches=num_batches_of(self.dataset), shuffle=self.shuffle)
+        point = resume_point(progress, self.shard)
         self._supersede()
         self._cut = False
-        self.seed = int(state["seed"])
-        self._epoch = int(state["epoch"])
-        self._prefix = int(state["position"])
-        self._seen = set(int(p) for p in state["delivered_after"])
+        self.seed = point.seed
+        self._epoch = point.epoch
+        self._start = point.start
+        self._prefix = point.position
+        self._seen = set(point.delivered_after)
+        self._skipped = set(point.skipped)
 
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -290,13 +318,6 @@ class Loader(Generic[B]):
         return (f"Loader({type(self.dataset).__name__}, executor={self.executor!r}, workers={self.workers}, "
                 f"max_queue_size={self.max_queue_size}, shuffle={self.shuffle}, ordered={self.ordered}, "
                 f"epoch={self._epoch})")
-
-
-def _shard_key(shard: Shard | None) -> list | None:
-    """How a state names the shard: None for all batches (no shard, or a shard of one)."""
-    if shard is None or shard.count == 1:
-        return None
-    return [shard.index, shard.count, shard.pad]
 
 
 class _Epoch:
@@ -375,15 +396,18 @@ class _SyncEpoch(_Epoch, Iterator[Any]):
     def __next__(self) -> Any:
         if self.dead:
             raise StopIteration
-        try:
-            position, value = self.channel.get(self._alive)  # type: ignore[union-attr]
-        except EpochEnded:
-            self._finish()
-            raise StopIteration from None
-        except BaseException:
-            self.abort()
-            raise
-        return self._took(position, value)
+        while True:
+            try:
+                position, value = self.channel.get(self._alive)  # type: ignore[union-attr]
+            except EpochEnded:
+                self._finish()
+                raise StopIteration from None
+            except BaseException:
+                self.abort()
+                raise
+            if type(value) is not Skipped:
+                return self._took(position, value)
+            self.loader._skip(position, value)
 
     def close(self) -> None:
         self.abort()
@@ -418,25 +442,28 @@ class _AsyncEpoch(_Epoch):
     async def __anext__(self) -> Any:
         if self.dead:
             raise StopAsyncIteration
-        try:
-            if not self._started:
-                self._started = True  # a start that fails aborts: this iterator is then done
-                await self._start()
-            channel = self.channel
-            assert channel is not None
-            if self._bridged:
-                if not channel.items:
-                    await self._bridge_wait(channel)
-                position, value = channel.get()
-            else:
-                position, value = await channel.aget()
-        except EpochEnded:
-            self._finish()
-            raise StopAsyncIteration from None
-        except BaseException:
-            self.abort()
-            raise
-        return self._took(position, value)
+        while True:
+            try:
+                if not self._started:
+                    self._started = True  # a start that fails aborts: this iterator is then done
+                    await self._start()
+                channel = self.channel
+                assert channel is not None
+                if self._bridged:
+                    if not channel.items:
+                        await self._bridge_wait(channel)
+                    position, value = channel.get()
+                else:
+                    position, value = await channel.aget()
+            except EpochEnded:
+                self._finish()
+                raise StopAsyncIteration from None
+            except BaseException:
+                self.abort()
+                raise
+            if type(value) is not Skipped:
+                return self._took(position, value)
+            self.loader._skip(position, value)
 
     async def _bridge_wait(self, channel: Channel) -> None:
         import anyio.to_thread

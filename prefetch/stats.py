@@ -42,6 +42,7 @@ class Stats:
         # consumer side
         self.batches = 0
         self.epochs = 0
+        self.skipped = 0  # failing batches skipped under max_failures
         self.wait_s = 0.0
         self.waits = 0
         self._wait_samples: deque[float] = deque(maxlen=_KEEP)
@@ -133,6 +134,7 @@ class Stats:
         return {
             "batches": self.batches,
             "epochs": self.epochs,
+            "skipped": self.skipped,
             "elapsed_s": self.elapsed_s,
             "iterating_s": self.iterating_s,
             "wait_s": self.wait_s,
@@ -154,7 +156,8 @@ class Stats:
         def ms(v: float | None) -> str:
             return "-" if v is None else f"{v * 1e3:.2f} ms"
 
-        return (f"Stats(batches={self.batches}, epochs={self.epochs}, "
+        skipped = f"skipped={self.skipped}, " if self.skipped else ""
+        return (f"Stats(batches={self.batches}, epochs={self.epochs}, {skipped}"
                 f"waited={self.wait_s:.3f} s ({self.stall_fraction:.0%} of {self.iterating_s:.1f} s iterating, "
                 f"{ms(self.wait_per_batch_s)}/batch), getitem p50={ms(self.latency(0.5))} "
                 f"p95={ms(self.latency(0.95))}, workers={self.workers}, utilisation={self.utilisation:.0%})")

@@ -155,3 +155,52 @@ class Locked(prefetch.PyDataset):
     def __getitem__(self, i: int) -> int:
         with self.lock:
             return int(i)
+
+
+class FailingSet(prefetch.PyDataset):
+    """Raises `BatchError` for every batch in `bad`; records each call's index in `calls`
+    (threads only: a worker process has its own copy)."""
+
+    def __init__(self, n: int, bad, delay: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.n = n
+        self.bad = frozenset(bad)
+        self.delay = delay
+        self.calls: list[int] = []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        self.calls.append(int(i))
+        if self.delay:
+            time.sleep(self.delay * ((i * 7) % 5))
+        if i in self.bad:
+            raise BatchError(f"batch {i} is corrupt")
+        return int(i)
+
+
+class AsyncFailingSet(FailingSet):
+    async def __getitem__(self, i: int) -> int:  # type: ignore[override]
+        import asyncio
+
+        await asyncio.sleep(0.001 * ((i * 7) % 5))
+        return FailingSet.__getitem__(self, i)
+
+
+class DiesAt(prefetch.PyDataset):
+    """SIGKILLs the worker process that builds a batch in `bad` (never the test process)."""
+
+    def __init__(self, n: int, bad, parent: int, **kwargs):
+        super().__init__(**kwargs)
+        self.n = n
+        self.bad = frozenset(bad)
+        self.parent = parent
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        if i in self.bad and os.getpid() != self.parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return int(i)

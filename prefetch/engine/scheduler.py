@@ -43,11 +43,29 @@ class ChunkSizer:
         return max(1, min(want, share, free))
 
 
+class Skipped:
+    """Stands in the channel for a batch whose failure the epoch's skip budget absorbed.
+
+    It travels in the batch's place (in order, when ordered) and takes a window slot until
+    the consumer passes it, so the window accounting is the same as for a batch.
+    """
+
+    __slots__ = ("error", "index")
+
+    def __init__(self, index: int, error: BaseException):
+        self.index = index
+        self.error = error
+
+
 class EpochRun:
-    """Runs one epoch (or the rest of one, after a resume) through `executor` into `channel`."""
+    """Runs one epoch (or the rest of one, after a resume) through `executor` into `channel`.
+
+    `skips`: how many failing batches this run may skip (`Loader(max_failures=...)`, less
+    what the epoch already skipped before a resume); past that a failure ends the epoch.
+    """
 
     def __init__(self, *, executor: Executor, items: Iterator[tuple[int, int]], epoch: int, seed: int,
-                 window: int, ordered: bool, channel: Channel, sizer: ChunkSizer, stats: Any):
+                 window: int, ordered: bool, channel: Channel, sizer: ChunkSizer, stats: Any, skips: int = 0):
         self.executor = executor
         self.epoch = epoch
         self.seed = seed
@@ -64,6 +82,7 @@ class EpochRun:
         self._order: deque[int] = deque()  # positions in submission order (ordered mode)
         self._done: dict[int, Any] = {}  # position -> value or Failure, waiting for its turn
         self._stopped = False  # a failure ends the schedule
+        self._skips = skips
         self._finished = False
 
     # -- scheduling ---------------------------------------------------------------------------
@@ -122,31 +141,58 @@ class EpochRun:
         if ran:
             self.sizer.observe(elapsed / ran)
             self.stats.record_latency(elapsed, ran)
+        # Batches of the job that never ran (after a failure in it, or lost with a dead
+        # worker): they run again if the epoch goes on past the failure.
+        unrun = job.items[len(values):] if ran < n else ()
+        if failure is not None:
+            unrun = [item for item in unrun if item[0] != failure.position]
         if self.ordered:
             done = self._done
             for (position, _), value in zip(job.items, values):
                 done[position] = value
             if failure is not None:
                 done[failure.position] = failure
-                self._stopped = True
+                if not self._skips:  # it will be raised when its turn comes: stop scheduling now
+                    self._stopped = True
+            if unrun and not self._stopped:
+                self._rerun(job, unrun)
             self._flush()
         else:
             if values:
                 self.channel.put_many([(p, v) for (p, _), v in zip(job.items, values)])
-            if failure is not None:
+            if failure is not None and not self._skip(failure):
                 self._fail(failure)
                 return
+            if unrun:
+                self._rerun(job, unrun)
         if not self._stopped:
             self.fill()
 
+    def _rerun(self, job: Job, items: list) -> None:
+        # Already counted as submitted (their window slots are held): in flight again.
+        self._inflight += len(items)
+        self.executor.submit(Job(self, job.epoch, job.seed, list(items)))
+
+    def _skip(self, failure: Failure) -> bool:
+        """Skip `failure`'s batch if the budget allows (an `Exception`, not an interrupt)."""
+        if self._skips <= 0 or not isinstance(failure.error, Exception):
+            return False
+        self._skips -= 1
+        self.channel.put_many([(failure.position, Skipped(failure.index, failure.error))])
+        return True
+
     def _flush(self) -> None:
-        order, done, out = self._order, self._done, []
+        order, done = self._order, self._done
+        out: list[tuple[int, Any]] = []
         while order and order[0] in done:
             position = order.popleft()
             value = done.pop(position)
             if type(value) is Failure:
                 if out:
                     self.channel.put_many(out)
+                    out = []
+                if self._skip(value):
+                    continue
                 self._fail(value)
                 return
             out.append((position, value))
