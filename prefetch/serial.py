@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from time import perf_counter
 from collections.abc import Iterator
+from time import perf_counter
 from typing import Any
 
 from .errors import add_note
