@@ -138,6 +138,9 @@ class Loader(Generic[B]):
         self.ordered = bool(ordered)
         self.shard = shard
         self.stats = Stats(workers)
+        # Whether each pass calls the dataset's on_epoch_begin / on_epoch_end; to_keras turns
+        # it off because Keras calls them itself, once per Keras epoch.
+        self.epoch_hooks = True
         self._epoch = 0
         self._prefix = 0  # positions [0, prefix) of the current epoch were delivered ...
         self._seen: set[int] = set()  # ... and these beyond it (completion order)
@@ -346,7 +349,7 @@ class _Epoch:
         loader._supersede()
         loader._active = self
         loader.stats.epoch_started()
-        hook = getattr(loader.dataset, "on_epoch_begin", None)
+        hook = getattr(loader.dataset, "on_epoch_begin", None) if loader.epoch_hooks else None
         if hook is not None:
             hook()
 
@@ -357,7 +360,7 @@ class _Epoch:
         if loader._active is self:
             loader._active = None
             loader._epoch_done(complete=True)
-        hook = getattr(loader.dataset, "on_epoch_end", None)
+        hook = getattr(loader.dataset, "on_epoch_end", None) if loader.epoch_hooks else None
         if hook is not None:
             hook()
 
