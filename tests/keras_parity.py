@@ -146,7 +146,11 @@ def test_state_the_hooks_change_reaches_process_workers_by_the_next_keras_epoch(
     # from the old one are made again; only the batch Keras looked at is replayed.
     found = parity["hook_state_reaches_workers"]["processes to_keras"]
     assert found["batches"] == list(range(15))
-    assert found["stages"] == [1] + [2] * 4 + [3] * 5 + [4] * 5
+    stages = found["stages"]  # on CPU: [1] + [2] * 4 + [3] * 5 + [4] * 5
+    for k in range(3):
+        epoch = stages[5 * k: 5 * k + 5]
+        # (Keras's JAX trainer on an accelerator takes one batch ahead: it may be the old stage.)
+        assert epoch[1:] == [k + 2] * 4 and epoch[0] in (k + 1, k + 2), stages
     # Threads share the dataset: batches made ahead keep their stage, as with Keras's threads.
     for via in ("native", "to_keras"):
         stages = parity["hook_state_reaches_workers"][f"threads {via}"]["stages"]
