@@ -29,6 +29,8 @@ _WHERE = "the calling thread (serial: workers=0)"
 
 class _SerialBase(_Epoch):
     def __init__(self, loader: Loader):
+        if loader.closed:
+            raise RuntimeError("prefetch: this Loader is closed")
         super().__init__(loader)
         self._begin()  # hooks first, as for every epoch: they may change what _plan sees
         self._epoch_no, self._items = loader._plan()
@@ -64,8 +66,8 @@ class SerialEpoch(_SerialBase, Iterator[Any]):
     """One epoch consumed with `for`: each `next()` makes the next batch in this thread."""
 
     def __init__(self, loader: Loader):
-        super().__init__(loader)
         self._loop: asyncio.AbstractEventLoop | None = None  # for a coroutine __getitem__
+        super().__init__(loader)
 
     def __iter__(self) -> SerialEpoch:
         return self

@@ -143,6 +143,13 @@ def test_serial_stats_count_batches_and_waits():
     assert loader.stats.batches == 4 and loader.stats.getitems == 4 and loader.stats.epochs == 1
 
 
+def test_closed_serial_loader_refuses_to_iterate():
+    loader = prefetch.Loader(Traced(2), workers=0)
+    loader.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        list(loader)
+
+
 def test_serial_with_an_explicit_executor_is_rejected():
     with pytest.raises(ValueError, match="serial"):
         prefetch.Loader(Traced(2), workers=0, executor="process")
