@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 
 import numpy as np
 
@@ -71,6 +72,10 @@ def main(process_id: int, port: str) -> dict:
     explicit = to_keras(Numbered(), shard=prefetch.Shard(0, 1))
     out["explicit_shard_wins"] = explicit.loader.shard == prefetch.Shard(0, 1)
     explicit.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        to_keras(prefetch.Loader(Numbered())).close()
+    out["unsharded_loader_warns"] = sum("every process reads every batch" in str(w.message) for w in caught)
     dist.auto_shard_dataset = False
     out["auto_shard_off"] = distribution_shard()
     return out

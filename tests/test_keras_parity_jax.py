@@ -53,5 +53,6 @@ def test_an_auto_sharding_keras_distribution_gives_each_process_its_share_of_bat
         assert r["shard"] == [i, 2]
         assert r["fit_steps"] == 3 and r["fit_loss_finite"], r
         assert r["explicit_shard_wins"] and r["auto_shard_off"] is None
+        assert r["unsharded_loader_warns"] == 1  # a Loader built without a shard is left as is
     # Disjoint, equally long shares; the odd 7th batch is left out (prefetch shards are equal).
     assert found[0]["batches"] == [0, 2, 4] and found[1]["batches"] == [1, 3, 5]

@@ -350,6 +350,11 @@ def to_keras(data: Any, *, class_weight: dict[int, float] | None = None, **loade
         if loader_kwargs:
             raise TypeError(f"to_keras() got a Loader, so it takes no Loader arguments: {sorted(loader_kwargs)}")
         loader, owns = data, False
+        if loader.shard is None and distribution_shard() is not None:
+            warnings.warn("to_keras() got a Loader without a shard under a multi-process keras.distribution that "
+                          "auto-shards: every process reads every batch. Build the Loader with "
+                          "shard=prefetch.adapters.keras.distribution_shard(), or pass the dataset, or set "
+                          "auto_shard_dataset=False", stacklevel=2)
     else:
         if loader_kwargs.get("shuffle") and inspect_dataset(data).num_batches is None:
             # As Keras's fit(shuffle=True) with an infinite PyDataset: ignored, with a warning.
