@@ -320,10 +320,10 @@ def to_keras(data: Any, *, class_weight: dict[int, float] | None = None, **loade
 
     Keras calls the dataset's `on_epoch_begin` / `on_epoch_end` through the adapter, as for
     its own `PyDataset`, so the Loader's own hook calls are switched off (`epoch_hooks`), also
-    on a Loader passed in. Each batch is `(x,)`, `(x, y)`, `(x, y, sample_weight)` or a dict, as Keras's `PyDataset`
-    allows (a list counts as a tuple, a lone array as `(x,)`). Shuffle with the Loader
-    (`shuffle=True`): Keras's `fit(shuffle=...)` does not apply to an adapter. Pass a separate
-    adapter to each of `fit`'s `x` and `validation_data`.
+    on a Loader passed in. Each batch is `(x,)`, `(x, y)`, `(x, y, sample_weight)` or a dict,
+    as Keras's `PyDataset` allows (a list counts as a tuple, a lone array as `(x,)`). Shuffle
+    with the Loader (`shuffle=True`): Keras's `fit(shuffle=...)` does not apply to an adapter.
+    Pass a separate adapter to each of `fit`'s `x` and `validation_data`.
 
     Example:
         >>> import numpy as np, keras, prefetch
