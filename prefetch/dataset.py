@@ -17,8 +17,9 @@ class PyDataset:
     `__getitem__(i)` returns one whole batch (it may be `async def`).
 
     `workers`, `use_multiprocessing` and `max_queue_size` only configure how a
-    `prefetch.Loader` (or Keras `fit`) parallelises it; iterating a dataset by hand
-    (`for batch in ds`, `ds[i]`) is serial, as in Keras.
+    `prefetch.Loader` (or Keras `fit`) parallelises it; `workers=0` (or `max_queue_size=0`)
+    means serial, each batch made in the consumer's thread, as in Keras. Iterating a dataset
+    by hand (`for batch in ds`, `ds[i]`) is serial too, as in Keras.
 
     Example:
         >>> import numpy as np, prefetch

@@ -34,6 +34,14 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+def _is_zero(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value == 0
+
+
+def _nothing() -> None:
+    pass
+
+
 class Loader(Generic[B]):
     """Runs a dataset's `__getitem__` in parallel, ahead of the training loop.
 
@@ -46,7 +54,8 @@ class Loader(Generic[B]):
             `__len__` and `__getitem__` (which may be `async def`). Its `workers`,
             `use_multiprocessing` and `max_queue_size` attributes are the defaults.
         workers: how many batches are produced at once (threads, processes or coroutines),
-            or `"auto"` to let the loader size it while it runs.
+            or `"auto"` to let the loader size it while it runs. `0` (as in Keras): serial,
+            each batch made in the consumer's thread when it asks for it (also `max_queue_size=0`).
         use_multiprocessing: with `executor=None`, use processes instead of threads.
         max_queue_size: bound on batches in flight plus batches ready and not yet taken.
         executor: `"thread"`, `"process"`, `"async"`, a `concurrent.futures.Executor` or a
@@ -82,11 +91,25 @@ class Loader(Generic[B]):
                  seed: int | None = None, ordered: bool = True, shard: Shard | None = None,
                  start_method: str | None = None, warm_start: bool = False, max_failures: float = 0):
         info = inspect_dataset(dataset)
-        self.auto_workers = workers == "auto"
-        if self.auto_workers:
+        if workers is None:
+            workers = info.workers
+        if max_queue_size is None:
+            max_queue_size = info.max_queue_size
+        # Keras: workers=0 (or max_queue_size=0) makes each batch in the consumer's thread.
+        self.serial = _is_zero(workers) or _is_zero(max_queue_size)
+        if self.serial and executor is not None:
+            raise ValueError(f"workers=0 / max_queue_size=0 make batches serially in the calling thread; "
+                             f"they take no executor (got executor={executor!r})")
+        self.auto_workers = workers == "auto" and not self.serial
+        if self.serial:  # the other setting must still be valid
+            for name, value in (("workers", workers), ("max_queue_size", max_queue_size)):
+                if not _is_zero(value) and value != "auto":
+                    _positive_int(name, value)
             workers = 1
-        workers = _positive_int("workers", info.workers if workers is None else workers)
-        window = _positive_int("max_queue_size", info.max_queue_size if max_queue_size is None else max_queue_size)
+        elif self.auto_workers:
+            workers = 1
+        workers = _positive_int("workers", workers)
+        window = _positive_int("max_queue_size", 1 if self.serial else max_queue_size)
         if use_multiprocessing is None:
             use_multiprocessing = info.use_multiprocessing
         kind = executor
@@ -118,15 +141,18 @@ class Loader(Generic[B]):
         if start_method not in (None, *_START_METHODS):
             raise ValueError(f"start_method must be 'forkserver', 'spawn' or 'fork', got {start_method!r}")
         self.dataset = dataset
-        self.workers = workers
-        self.max_queue_size = window
-        self.executor = "async" if info.is_async else kind
+        self.workers = 0 if self.serial else workers
+        self.max_queue_size = 0 if self.serial else window
+        self.executor = "serial" if self.serial else "async" if info.is_async else kind
         self.shuffle = bool(shuffle)
         self.seed = seed
         self.ordered = bool(ordered)
         self.shard = shard
         self.max_failures = max_failures
         self.stats = Stats(workers)
+        # Whether each pass calls the dataset's on_epoch_begin / on_epoch_end; to_keras turns
+        # it off because Keras calls them itself, once per Keras epoch.
+        self.epoch_hooks = True
         self._epoch = 0
         # Local positions of this host's part of the epoch (see prefetch.order), which
         # begins at global position `start` (0 unless resumed on another host count).
@@ -139,6 +165,10 @@ class Loader(Generic[B]):
         self._active_ref: Callable[[], _Epoch | None] = lambda: None
         self._sizer: ChunkSizer | None = None
         self._autotune = None
+        if self.serial:  # nothing to start, nothing to close
+            self._engine: Engine = None  # type: ignore[assignment]
+            self._finalizer = weakref.finalize(self, _nothing)
+            return
         make = executor_factory(self.executor, dataset, workers, window=window, is_async=info.is_async,
                                 start_method=start_method, warm_start=bool(warm_start))
         self._engine = Engine(make)
@@ -177,9 +207,17 @@ class Loader(Generic[B]):
 
     # -- iteration --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[B]:
+        if self.serial:
+            from .serial import SerialEpoch
+
+            return SerialEpoch(self)
         return _SyncEpoch(self)
 
     def __aiter__(self) -> AsyncIterator[B]:
+        if self.serial:
+            from .serial import AsyncSerialEpoch
+
+            return AsyncSerialEpoch(self)  # type: ignore[return-value]
         return _AsyncEpoch(self)
 
     def _plan(self) -> tuple[int, Iterator[tuple[int, int]]]:
@@ -334,7 +372,7 @@ class _Epoch:
         loader._supersede()
         loader._active = self
         loader.stats.epoch_started()
-        hook = getattr(loader.dataset, "on_epoch_begin", None)
+        hook = getattr(loader.dataset, "on_epoch_begin", None) if loader.epoch_hooks else None
         if hook is not None:
             hook()
 
@@ -345,7 +383,7 @@ class _Epoch:
         if loader._active is self:
             loader._active = None
             loader._epoch_done(complete=True)
-        hook = getattr(loader.dataset, "on_epoch_end", None)
+        hook = getattr(loader.dataset, "on_epoch_end", None) if loader.epoch_hooks else None
         if hook is not None:
             hook()
 

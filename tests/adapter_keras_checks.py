@@ -319,6 +319,7 @@ def check_iteration_protocol():
     elif keras.backend.backend() == "torch":
         out["backend_iterator"] = [idx(b) for b in adapter.get_torch_dataloader()]
     out["hooks"] = list(ds.hooks)
+    out["loader_passes"] = adapter.loader.stats.epochs
     adapter.close()
     out["closed"] = adapter.loader.closed
     return out

@@ -75,11 +75,11 @@ class FloatLen(Indices):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"workers": 0}, ValueError, "workers"),
+    ({"workers": -1}, ValueError, "workers"),
     ({"workers": -2}, ValueError, "workers"),
     ({"workers": 1.5}, TypeError, "workers"),
     ({"workers": True}, TypeError, "workers"),
-    ({"max_queue_size": 0}, ValueError, "max_queue_size"),
+    ({"max_queue_size": -1}, ValueError, "max_queue_size"),
     ({"max_queue_size": "10"}, TypeError, "max_queue_size"),
     ({"executor": "gpu"}, ValueError, "executor"),
     ({"executor": object()}, TypeError, "executor"),

@@ -7,28 +7,42 @@ batches come from prefetch's engine rather than Keras's own enqueuer, on every b
 `import prefetch.adapters.keras` does not import Keras (so `KERAS_BACKEND` may still be set
 after it); `to_keras` does.
 
-Epochs: every iteration Keras starts is one epoch of the Loader, and the Loader — not Keras —
-calls the dataset's `on_epoch_begin` / `on_epoch_end`, once per full pass. When
-`steps_per_epoch` is smaller than the dataset, Keras keeps drawing from the same iteration
-across its epochs, so no batch is skipped or repeated. Keras's first look at one batch to
-build the model (two with JAX's look-ahead on an accelerator) is not an epoch: those batches
-are handed out again at the start of the next iteration. (For a dataset of that many batches
-or fewer, the look does use up one Loader epoch.) An iteration Keras drops part-way —
+Hooks: Keras calls the dataset's `on_epoch_begin` / `on_epoch_end`, exactly when and as often
+as it does for a `keras.utils.PyDataset` it runs itself (once per Keras epoch, infinite
+datasets and `steps_per_epoch` included, plus once around the look Keras takes to build the
+model); the Loader then leaves them alone. With workers that hold a copy of the dataset
+(processes, dask), when the hooks changed it and a Keras epoch begins part-way through a pass,
+the batches not yet delivered are made again by workers that got the change (Keras restarts
+its pool each epoch for the same reason). Threads share the dataset: as with Keras's threads,
+batches made ahead keep what they were made with.
+
+Batches: every iteration Keras starts continues the Loader pass in progress, or starts a new
+one. When `steps_per_epoch` is smaller than the dataset, Keras keeps drawing from the same
+iteration across its epochs, so no batch is skipped or repeated. Keras's first look at one
+batch to build the model (two with JAX's look-ahead on an accelerator) is not a pass: those
+batches are handed out again at the start of the next iteration. (For a dataset of that many
+batches or fewer, the look does use up one pass.) An iteration Keras drops part-way —
 `evaluate(steps=k)`, `validation_steps`, a callback that stops training — cuts the Loader's
-epoch, and the next iteration starts a new one, whole.
+pass, and the next iteration starts a new one, whole.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import itertools
 import threading
+import warnings
 import weakref
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
+from ..dataset import inspect_dataset
+from ..engine.fingerprint import fingerprint
 from ..loader import Loader
+from ..shard import Shard
 
-__all__ = ["PrefetchAdapter", "to_keras"]
+__all__ = ["PrefetchAdapter", "distribution_shard", "to_keras"]
 
 # Keras builds an unbuilt model from the first batch of an iteration it then drops (the JAX
 # trainer on an accelerator takes one more, for its look-ahead). An iteration dropped after
@@ -58,6 +72,7 @@ class _EpochFeed:
         self._lock = threading.RLock()
         self._live: _LiveEpoch | None = None
         self._output_signature: Any = None
+        self._state_before_hooks: Any = None  # the dataset's fingerprint before Keras's hooks
         # Close a Loader we built when the adapter goes away (Keras gives no other signal).
         self._finalizer = weakref.finalize(self, loader.close) if owns_loader else None
 
@@ -71,10 +86,42 @@ class _EpochFeed:
         return None  # batches come whole from the dataset
 
     def on_epoch_begin(self) -> None:
-        """No-op: the Loader calls the dataset's hook at the start of each of its epochs."""
+        """Keras begins an epoch: the dataset's hook runs, as Keras's own adapter runs it."""
+        hook = getattr(self.loader.dataset, "on_epoch_begin", None)
+        if hook is not None:
+            hook()
+        before, self._state_before_hooks = self._state_before_hooks, None
+        if before is not None and fingerprint(self.loader.dataset) != before:
+            self._resync()
 
     def on_epoch_end(self) -> None:
-        """No-op: the Loader calls the dataset's hook after each full pass."""
+        """Keras ends an epoch (or its look at a batch): the dataset's hook runs."""
+        if self._live is not None and not _shares_dataset(self.loader):
+            # Workers hold a copy: note the state, to see whether the hooks change it.
+            self._state_before_hooks = fingerprint(self.loader.dataset)
+        hook = getattr(self.loader.dataset, "on_epoch_end", None)
+        if hook is not None:
+            hook()
+
+    def _resync(self) -> None:
+        """Hand the hooks' changes to workers that hold a copy of the dataset.
+
+        A pass in progress (`steps_per_epoch` shorter than it, an infinite dataset, the
+        batch Keras looked at) is cut and resumed at its next undelivered batch: the Loader
+        sends a changed dataset to its workers when a pass begins, and batches made ahead
+        from the old copy are made again.
+        """
+        loader = self.loader
+        with self._lock:
+            live = self._live
+            if live is None:
+                return  # the next iteration begins a pass, which sends the change
+            state = loader.state_dict()
+            close = getattr(live.batches, "close", None)
+            if close is not None:
+                close()
+            loader.load_state_dict(state)
+            live.batches = iter(loader)
 
     def get_numpy_iterator(self) -> Iterator[Any]:
         from keras.src.trainers.data_adapters import data_adapter_utils
@@ -265,12 +312,18 @@ def to_keras(data: Any, *, class_weight: dict[int, float] | None = None, **loade
             closed when the adapter is garbage collected (or on `adapter.close()`).
         class_weight: as `fit(class_weight=...)`, which Keras ignores for an adapter; a
             per-sample weight is added to `(x, y)` batches from it.
-        **loader_kwargs: `workers`, `shuffle`, `seed`, `executor`, ... for the Loader.
+        **loader_kwargs: `workers`, `shuffle`, `seed`, `executor`, `shard`, ... for the
+            Loader. As in Keras, `workers=0` is serial (batches made in the training thread)
+            and `shuffle=True` is ignored, with a warning, for an infinite dataset. Without
+            `shard=`, an auto-sharding multi-process `keras.distribution` picks this process's
+            shard (`distribution_shard`).
 
-    Each batch is `(x,)`, `(x, y)`, `(x, y, sample_weight)` or a dict, as Keras's `PyDataset`
-    allows (a list counts as a tuple, a lone array as `(x,)`). Shuffle with the Loader
-    (`shuffle=True`): Keras's `fit(shuffle=...)` does not apply to an adapter. Pass a separate
-    adapter to each of `fit`'s `x` and `validation_data`.
+    Keras calls the dataset's `on_epoch_begin` / `on_epoch_end` through the adapter, as for
+    its own `PyDataset`, so the Loader's own hook calls are switched off (`epoch_hooks`), also
+    on a Loader passed in. Each batch is `(x,)`, `(x, y)`, `(x, y, sample_weight)` or a dict,
+    as Keras's `PyDataset` allows (a list counts as a tuple, a lone array as `(x,)`). Shuffle
+    with the Loader (`shuffle=True`): Keras's `fit(shuffle=...)` does not apply to an adapter.
+    Pass a separate adapter to each of `fit`'s `x` and `validation_data`.
 
     Example:
         >>> import numpy as np, keras, prefetch
@@ -297,6 +350,55 @@ def to_keras(data: Any, *, class_weight: dict[int, float] | None = None, **loade
         if loader_kwargs:
             raise TypeError(f"to_keras() got a Loader, so it takes no Loader arguments: {sorted(loader_kwargs)}")
         loader, owns = data, False
+        if loader.shard is None and distribution_shard() is not None:
+            warnings.warn("to_keras() got a Loader without a shard under a multi-process keras.distribution that "
+                          "auto-shards: every process reads every batch. Build the Loader with "
+                          "shard=prefetch.adapters.keras.distribution_shard(), or pass the dataset, or set "
+                          "auto_shard_dataset=False", stacklevel=2)
     else:
+        if loader_kwargs.get("shuffle") and inspect_dataset(data).num_batches is None:
+            # As Keras's fit(shuffle=True) with an infinite PyDataset: ignored, with a warning.
+            warnings.warn("to_keras(shuffle=True) is ignored for an infinite dataset (num_batches is None): "
+                          "it is expected to shuffle itself", stacklevel=2)
+            loader_kwargs["shuffle"] = False
+        if loader_kwargs.get("shard") is None:
+            loader_kwargs["shard"] = distribution_shard()
         loader, owns = Loader(data, **loader_kwargs), True
+    loader.epoch_hooks = False  # Keras calls them (DataAdapter.on_epoch_begin / _end)
     return _adapter_class()(loader, owns_loader=owns, class_weight=class_weight)
+
+
+def distribution_shard() -> Shard | None:
+    """This process's `Shard` under the active `keras.distribution`, or `None`.
+
+    Read as Keras reads it to shard a `tf.data.Dataset` (`Distribution.distribute_dataset`):
+    only a multi-process distribution with `auto_shard_dataset` shards; each data-parallel
+    model replica gets its part (processes that together hold one replica read the same
+    part), and with a single replica every process reads everything.
+
+    Example:
+        >>> from prefetch.adapters.keras import distribution_shard
+        >>> distribution_shard() is None   # no multi-process distribution active
+        True
+    """
+    from keras import distribution as keras_distribution  # type: ignore[import-untyped]
+
+    dist = keras_distribution.distribution()
+    if dist is None or not getattr(dist, "auto_shard_dataset", False):
+        return None
+    processes = int(getattr(dist, "num_processes", 1))
+    if processes <= 1:
+        return None
+    replicas = int(dist.num_model_replicas)
+    if replicas <= 1:
+        return None  # one model replica: every process takes the same, whole batches
+    # Keras: a process per replica or more replicas than processes -> shard by process;
+    # fewer replicas than processes -> shard by replica (data_shard_id is then the replica).
+    count = min(processes, replicas)
+    return Shard(int(dist.data_shard_id), count)
+
+
+def _shares_dataset(loader: Loader) -> bool:
+    """Whether `__getitem__` runs on the consumer's dataset object itself (not a copy)."""
+    kind = loader.executor
+    return kind in ("thread", "async", "serial") or isinstance(kind, cf.ThreadPoolExecutor)
