@@ -160,6 +160,8 @@ def test_parent_killed_mid_getitem_leaves_no_process(method):
 # -- 7. descriptors ------------------------------------------------------------------------------------------
 @pytest.mark.timeout(60)
 def test_held_batches_cost_no_file_descriptors(no_leaks):
+    with prefetch.Loader(CheapArrays(4), workers=2, executor="process") as warm_up:
+        list(warm_up)  # the fork server (one socket for the whole process) is running now
     before = _fds()
     with prefetch.Loader(CheapArrays(400), workers=2, executor="process", max_queue_size=10) as loader:
         held = list(loader)  # 400 batches in shared memory, all held
@@ -168,6 +170,25 @@ def test_held_batches_cost_no_file_descriptors(no_leaks):
     assert during - before < 40, f"{during - before} descriptors for 400 held batches"
     assert _fds() - before <= 2  # close() released its descriptors, batches still held
     assert all((x == i).all() for i, x in enumerate(held))  # and the batches stay valid
+
+
+@pytest.mark.timeout(120)
+def test_holding_many_batches_works_under_a_small_descriptor_limit():
+    script = textwrap.dedent(f"""
+        import resource, sys
+        sys.path.insert(0, {HERE!r})
+        import prefetch
+        from trust_datasets import CheapArrays
+        if __name__ == "__main__":
+            resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+            with prefetch.Loader(CheapArrays(1000), workers=2, executor="process") as loader:
+                held = list(loader)  # a replay buffer: 1000 shared-memory batches, all held
+            assert all(int(x[0]) == i for i, x in enumerate(held))
+            print("held", len(held), flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=110)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "held 1000" in out.stdout
 
 
 def test_segments_are_unmapped_once_closed_and_dropped(no_leaks):

@@ -128,12 +128,12 @@ class Channel:
         finally:
             self.stats.add_wait(perf_counter() - t0)
 
-    def wait_ready(self, alive: Callable[[], bool] = lambda: True, timeout: float | None = None) -> None:
+    def wait_ready(self, alive: Callable[[], bool] = lambda: True, timeout_s: float | None = None) -> None:
         """Block until something is ready, without taking it (a bridged async consumer takes
-        it afterwards, so an abandoned wait loses nothing). With `timeout`, may return with
+        it afterwards, so an abandoned wait loses nothing). With `timeout_s` (seconds), may return with
         nothing ready. Raises if the loader closed or the engine loop died meanwhile."""
         items = self.items
-        deadline = None if timeout is None else perf_counter() + timeout
+        deadline = None if timeout_s is None else perf_counter() + timeout_s
         try:
             while True:
                 self._consumer_waiting = True

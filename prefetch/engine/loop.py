@@ -20,12 +20,12 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 def call_on(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., T], *args: Any, wait: bool = False,
-            timeout: float | None = None) -> T | None:
+            timeout_s: float | None = None) -> T | None:
     """Run `fn(*args)` on `loop`'s thread, from any thread.
 
     Inline when this is that thread, or when the loop is not running (closed, or between
     runs: nothing can be inside it). Otherwise posted to it; with `wait` the caller blocks
-    (up to `timeout`) for the result. Returns the result when it was run inline or awaited.
+    (up to `timeout_s` seconds) for the result. Returns the result when it was run inline or awaited.
     """
     if loop is None or loop is running_loop() or loop.is_closed() or not loop.is_running():
         return fn(*args)
@@ -42,7 +42,7 @@ def call_on(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., T], *args:
         loop.call_soon_threadsafe(run)
     except RuntimeError:  # it closed just now: nothing can be inside it any more
         return fn(*args)
-    return fut.result(timeout) if wait else None
+    return fut.result(timeout_s) if wait else None
 
 
 def tighten_timer_slack() -> None:
@@ -103,20 +103,20 @@ class LoopThread:
     def alive(self) -> bool:
         return self.thread.is_alive()
 
-    def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+    def call(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
         """Run `fn(*args)` on the loop thread and return its result (blocking)."""
-        return call_on(self.loop, fn, *args, wait=True, timeout=timeout)  # type: ignore[return-value]
+        return call_on(self.loop, fn, *args, wait=True, timeout_s=timeout_s)  # type: ignore[return-value]
 
-    def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+    def run(self, coro: Awaitable[T], timeout_s: float | None = None) -> T:
         """Run a coroutine on the loop thread and return its result (blocking)."""
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
         try:
-            return fut.result(timeout)
+            return fut.result(timeout_s)
         except BaseException:
             fut.cancel()
             raise
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
         if not self.thread.is_alive():
             return
         try:
@@ -124,4 +124,4 @@ class LoopThread:
         except RuntimeError:
             return
         if not self.on_thread():
-            self.thread.join(timeout)
+            self.thread.join(timeout_s)

@@ -150,7 +150,7 @@ class Engine:
         ex, lt = self.executor, self.thread
         if ex is not None:
             try:  # on whichever loop the executor runs on (ours, or an async caller's)
-                call_on(ex.loop, self._close_on_loop, wait=True, timeout=5)
+                call_on(ex.loop, self._close_on_loop, wait=True, timeout_s=5)
             except Exception:  # noqa: BLE001 - closing must go on regardless
                 pass
             ex.close()

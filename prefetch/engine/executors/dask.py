@@ -156,7 +156,7 @@ class DaskExecutor(Executor):
         [remote] = self.client.scatter([self.dataset], broadcast=True, hash=False)
         return remote
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
         """Cancel every task and release the dataset; the client itself stays open."""
         with self._lock:
             if self._closed:
@@ -165,10 +165,10 @@ class DaskExecutor(Executor):
         self._inbox.put(_STOP)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            thread.join(timeout_s)
             if thread.is_alive():
                 warnings.warn("prefetch: the dask gatherer thread did not stop within "
-                              f"{timeout:g}s (a gather is waiting on the cluster)", RuntimeWarning, stacklevel=2)
+                              f"{timeout_s:g}s (a gather is waiting on the cluster)", RuntimeWarning, stacklevel=2)
 
     def __repr__(self) -> str:
         address = getattr(getattr(self.client, "scheduler", None), "address", "?")

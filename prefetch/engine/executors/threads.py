@@ -105,13 +105,13 @@ class ThreadExecutor(Executor):
             post((job, values, failure, elapsed))
             del job, values, failure  # do not pin the last batch while idle
 
-    def close(self, timeout: float = 1.0) -> None:
+    def close(self, timeout_s: float = 1.0) -> None:
         if self._closed:
             return
         self._closed = True
         for _ in self._threads:
             self._queue.put(_STOP)
-        deadline = perf_counter() + timeout
+        deadline = perf_counter() + timeout_s
         stuck = []
         for t in self._threads:
             if t is threading.current_thread():

@@ -184,7 +184,14 @@ class ProcessExecutor(Executor):
             if job.owner.cancelled:
                 self.report(job, [], None, 0.0)
                 continue
-            self._send_job(best, job)
+            try:
+                self._send_job(best, job)
+            except OSError as exc:  # out of memory or descriptors here: say so, as this batch's error
+                position, index = job.items[0]
+                error = OSError(exc.errno, f"prefetch: could not set up shared memory for batch {index}: "
+                                           f"{exc.strerror or exc}")
+                error.__cause__ = exc
+                self.report(job, [], Failure(position, index, error), 0.0)
 
     def _fail_pending(self) -> None:
         while self._pending:
@@ -196,11 +203,17 @@ class ProcessExecutor(Executor):
     def _send_job(self, w: W.Worker, job: Job) -> None:
         pool = self.pool
         segs: list[shm.Segment | None] = []
-        for _ in job.items:
-            seg, new = pool.acquire(w.slot)
-            if new:
-                self._share(seg)  # type: ignore[arg-type]
-            segs.append(seg)
+        try:
+            for _ in job.items:
+                seg, new = pool.acquire(w.slot)
+                if new:
+                    self._share(seg)  # type: ignore[arg-type]
+                segs.append(seg)
+        except BaseException:
+            for seg in segs:
+                if seg is not None:
+                    pool.give_back(seg)
+            raise
         if pool.retired:
             self._forget(pool.retired)
             pool.retired = []
@@ -408,7 +421,7 @@ class ProcessExecutor(Executor):
     def _end_warm_start(self, timeout_s: float = 0.0) -> None:
         warm, self._warm = self._warm, None
         if warm is not None:
-            warm.close(timeout=timeout_s)
+            warm.close(timeout_s=timeout_s)
 
     # -- shutdown ------------------------------------------------------------------------------
     def close(self) -> None:

@@ -84,11 +84,11 @@ class WarmStart:
             self._poster.post((job, values, failure, elapsed))
             del job, values, failure
 
-    def close(self, timeout: float = 1.0) -> None:
+    def close(self, timeout_s: float = 1.0) -> None:
         """Any thread: end the thread (a call already running finishes on its own)."""
         thread, self._thread = self._thread, None
         self._payload = None
         if thread is not None:
             self._queue.put(_STOP)
             if thread is not threading.current_thread():
-                thread.join(timeout)
+                thread.join(timeout_s)

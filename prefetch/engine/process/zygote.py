@@ -41,11 +41,13 @@ class Zygote:
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Only where prefetch itself lives: each worker gets the full sys.path with its Boot.
+        home = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["prefetch"].__file__ or "")))
         code = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; "
-                f"sys.path[:0] = {[p for p in sys.path if p]!r}; "
+                "sys.path.insert(0, sys.argv[2]); "
                 "from prefetch.engine.process.zygote import serve; serve(int(sys.argv[1]))")
         try:
-            self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno())],
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), home],
                                          pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                          start_new_session=False)
         finally:
