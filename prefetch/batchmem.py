@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import weakref
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from .engine.shm import align
 _arena: contextvars.ContextVar[list | None] = contextvars.ContextVar("prefetch_arena", default=None)
 
 
-def empty(shape: Any, dtype: Any = float, order: str = "C") -> np.ndarray:
+def empty(shape: Any, dtype: Any = float, order: Literal["C", "F"] = "C") -> np.ndarray:
     """An uninitialised array for the batch being produced, zero-copy across processes.
 
     Use it for the arrays a `__getitem__` returns (fill it, do not keep it: it belongs to

@@ -201,7 +201,8 @@ def _run_serial(ds: Any, spec: dict, meter_for: Callable[..., _Meter], is_async:
             if step:
                 time.sleep(step)
     out = meter.figures(t0)
-    out["getitem_p50_ms"] = percentile(times, 0.5) * 1e3 if times else None  # as Stats computes it
+    p50 = percentile(times, 0.5)  # as Stats computes it
+    out["getitem_p50_ms"] = None if p50 is None else p50 * 1e3
     return out
 
 
@@ -212,7 +213,7 @@ def _run_loader(ds: Any, spec: dict, meter_for: Callable[..., _Meter]) -> dict:
 
     step = spec["step_s"]
     t0 = time.perf_counter()
-    loader = Loader(ds, executor=spec["executor"], workers=spec["workers"], max_queue_size=spec["queue"])
+    loader: Loader = Loader(ds, executor=spec["executor"], workers=spec["workers"], max_queue_size=spec["queue"])
     meter = meter_for(lambda: loader.stats.wait_s)
 
     def sync_run() -> None:

@@ -164,7 +164,7 @@ class Loader(Generic[B]):
         # Weak, so a `break` that drops the iterator ends the epoch right away.
         self._active_ref: Callable[[], _Epoch | None] = lambda: None
         self._sizer: ChunkSizer | None = None
-        self._autotune = None
+        self._autotune: Any = None
         if self.serial:  # nothing to start, nothing to close
             self._engine: Engine = None  # type: ignore[assignment]
             self._finalizer = weakref.finalize(self, _nothing)

@@ -150,7 +150,7 @@ class _EpochFeed:
             try:
                 batches = list(itertools.islice(look, 2 if n is None or n > 2 else 1))
             finally:
-                look.close()
+                look.close()  # type: ignore[attr-defined]
             if not batches:
                 raise ValueError("the dataset has no batches")
             self._output_signature = data_adapter_utils.get_tensor_spec(batches)

@@ -26,14 +26,14 @@ from .shm import ALIGN, MIN_SHARED
 try:
     if os.environ.get("PREFETCH_SHM_ALLOCATOR", "1") == "0":
         raise ImportError("disabled by PREFETCH_SHM_ALLOCATOR=0")
-    from . import _shmalloc as _native
+    from . import _shmalloc as _native  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - depends on the install
     _native = None
 
 
 def _numpy_c_api() -> Any:
     try:
-        from numpy._core import _multiarray_umath as m  # numpy >= 2
+        from numpy._core import _multiarray_umath as m  # type: ignore[attr-defined]  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core import _multiarray_umath as m  # type: ignore[no-redef]
     return m._ARRAY_API

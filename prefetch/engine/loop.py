@@ -109,7 +109,7 @@ class LoopThread:
 
     def run(self, coro: Awaitable[T], timeout_s: float | None = None) -> T:
         """Run a coroutine on the loop thread and return its result (blocking)."""
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        fut: Any = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
         try:
             return fut.result(timeout_s)
         except BaseException:

@@ -65,7 +65,7 @@ def map_fd(fd: int, size: int, *, populate: bool = False) -> np.ndarray:
         raise OSError(err, f"mmap of a {size}-byte shared-memory segment failed: {os.strerror(err)}")
     buf = (ctypes.c_uint8 * size).from_address(addr)
     weakref.finalize(buf, _libc.munmap, addr, size).atexit = False
-    return np.frombuffer(buf, dtype=np.uint8)
+    return np.frombuffer(memoryview(buf), dtype=np.uint8)
 
 
 def owner_buffer(view: np.ndarray) -> Any:
@@ -78,7 +78,7 @@ def anonymous_fd(name: str, size: int) -> int:
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create(name, getattr(os, "MFD_CLOEXEC", 0))
     else:  # pragma: no cover - macOS/BSD: POSIX shm, unlinked before anyone else can see it
-        import _posixshmem
+        import _posixshmem  # type: ignore[import-not-found]
 
         shm_name = f"/{name}-{os.getpid()}-{os.urandom(6).hex()}"
         fd = _posixshmem.shm_open(shm_name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)

@@ -119,7 +119,7 @@ class LoopPoster:
 
     def _schedule(self, loop: asyncio.AbstractEventLoop | None) -> None:
         try:
-            loop.call_soon_threadsafe(self._drain, loop)  # type: ignore[union-attr]
+            loop.call_soon_threadsafe(self._drain, loop)  # type: ignore[union-attr,arg-type]
         except (RuntimeError, AttributeError):
             # The loop is closed: the loader is shutting down and nobody waits for this.
             self._scheduled = False

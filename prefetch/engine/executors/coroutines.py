@@ -98,9 +98,9 @@ class CoroutineExecutor(Executor):
                 if len(self._jobs) > 1:
                     self._wake_or_spawn()  # more queued than this worker can take
         finally:
-            job = tasks.pop(me, None)
-            if job is not None:  # cancelled mid-job by close/unbind: still account for it
-                self.report(job, [], None, 0.0)
+            running = tasks.pop(me, None)
+            if running is not None:  # cancelled mid-job by close/unbind: still account for it
+                self.report(running, [], None, 0.0)
 
     def resize(self, workers: int) -> None:
         super().resize(workers)
@@ -118,8 +118,8 @@ class CoroutineExecutor(Executor):
         self._jobs.clear()
         self._jobs.extend(kept)
         # Coroutines of that epoch are cancelled rather than awaited to the end.
-        for task, job in list(self._tasks.items()):
-            if job is not None and job.owner is owner:
+        for task, running in list(self._tasks.items()):
+            if running is not None and running.owner is owner:
                 task.cancel()
 
     def close(self) -> None:

@@ -29,6 +29,9 @@ class _Detached:
 
     cancelled = False
 
+    def complete(self, job: Job, values: list, failure: Failure | None, elapsed: float) -> None:
+        """Never called: the job is reported by whoever sent it."""
+
 
 def run_remote(dataset: Any, epoch: int, seed: int, items: list, where: str) -> tuple[list, Failure | None, float]:
     """`run_items` for a job sent elsewhere (a process pool, a dask worker): everything here

@@ -33,8 +33,9 @@ def describe_failure(position: int, index: int, exc: BaseException) -> P.Failure
     """An exception as data the main process can rebuild with its own type."""
     tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        blob: bytes | None = pickle.dumps(exc, protocol=5)
-        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt: find out here
+        dumped = pickle.dumps(exc, protocol=5)
+        pickle.loads(dumped)  # some exceptions pickle but cannot be rebuilt: find out here
+        blob: bytes | None = dumped
     except Exception:  # noqa: BLE001
         blob = None
     cls = type(exc)

@@ -53,8 +53,8 @@ def rebuild_exception(info: P.FailureInfo, where: str) -> BaseException:
             exc = cls(info.message)
         except Exception:  # noqa: BLE001 - the type cannot be rebuilt here: say what it was
             exc = RuntimeError(f"{info.module}.{info.qualname}: {info.message}")
-    if info.index >= 0:
-        annotate(exc, info.index, where, info.traceback)
+    if info.batch >= 0:
+        annotate(exc, info.batch, where, info.traceback)
     else:
         add_note(exc, f"prefetch: raised in {where} while loading the dataset\n{info.traceback.rstrip()}")
     return exc
@@ -305,7 +305,7 @@ class ProcessExecutor(Executor):
                 pool.give_back(seg)
         if failure is None and msg.failure is not None and not cancelled:
             info = msg.failure
-            failure = Failure(info.position, info.index, rebuild_exception(info, where))
+            failure = Failure(info.position, info.batch, rebuild_exception(info, where))
         if w.state is W.State.RETIRING and not w.jobs:
             self._stop(w)
         self.report(job, values, failure, msg.elapsed_s)

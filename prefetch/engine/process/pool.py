@@ -187,7 +187,7 @@ def start(method: str, slot: int, on_frame: Callable[[Worker, Any, list[int]], N
         if method == "forkserver":
             exit: ExitWatch = _ServerExit(zygote.server().fork(theirs))
         else:
-            ctx = mp.get_context(method)
+            ctx: Any = mp.get_context(method)
             # fork: the child must not keep the main process's ends of any worker socket, or
             # that worker would not see the main process die.
             close_fds = tuple([ours.fileno(), *(w.end.fd for w in siblings if not w.end.closed)]

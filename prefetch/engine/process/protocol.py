@@ -74,7 +74,7 @@ class FailureInfo(NamedTuple):
     """An exception as data the main process rebuilds with its own type where it can."""
 
     position: int  # -1: not a batch (loading the dataset)
-    index: int
+    batch: int  # the batch index (-1: none)
     blob: bytes | None  # the exception pickled, if it survives a round trip
     module: str
     qualname: str

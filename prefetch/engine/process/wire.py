@@ -227,7 +227,7 @@ class LoopEnd:
     def _coalesce(self) -> None:
         """Join queued frames without fds into one buffer (up to the first with fds)."""
         out = self._out
-        parts = []
+        parts: list[memoryview] = []
         while out and not out[0][1] and len(parts) < 256:
             parts.append(out.popleft()[0])
         out.appendleft([memoryview(b"".join(parts)), []])
