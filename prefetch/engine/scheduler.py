@@ -93,6 +93,14 @@ class EpochRun:
         if self._stopped or self.cancelled:
             return
         free = self.window - (self._submitted - self.channel.taken)
+        # Cheap batches go in chunks: while a chunk's worth is already in flight, wait until a
+        # whole chunk of the window is free rather than send a job per freed slot (each job
+        # is a round trip, and each early wake-up a cross-thread signal).
+        chunk = self.sizer.size(self.window, self.window) if self.sizer.latency is not None else 1
+        if chunk > 1 and free < chunk and self._inflight >= chunk and not self._exhausted:
+            self.channel.on_taken(self._submitted - self.window + chunk, self.fill)
+            self.stats.sample(self._inflight, len(self.channel.items))
+            return
         if free > 0 and not self._exhausted:
             source, sizer, submit = self._items, self.sizer, self.executor.submit
             ordered, order = self.ordered, self._order
@@ -128,7 +136,7 @@ class EpochRun:
             # Ask the consumer to wake us once a few slots are free. Each completion refills
             # the window anyway, so with many batches in flight a wake-up per taken batch
             # would be wasted work; with few in flight we must hear of every free slot.
-            slack = max(1, min(16, self._inflight // 8))
+            slack = max(1, min(16, self._inflight // 8), chunk)
             self.channel.on_taken(self._submitted - self.window + slack, self.fill)
 
     def complete(self, job: Job, values: list, failure: Failure | None, elapsed: float) -> None:
