@@ -83,6 +83,7 @@ class ProcessExecutor(Executor):
         self._closed = False
         self._warm: Any = None
         self._warm_wanted = warm_start
+        self._preload = defining_modules(dataset)
 
     # -- workers --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -95,7 +96,8 @@ class ProcessExecutor(Executor):
         self._fill_pool()
 
     def _launch(self, slot: int) -> W.Worker:
-        w = W.start(self.start_method, slot, self._on_frame, self._on_stream_closed, self._workers)
+        w = W.start(self.start_method, slot, self._on_frame, self._on_stream_closed, self._workers,
+                    self._preload)
         self._workers.append(w)
         control = self.control
         fds = [control.fd] if control is not None and slot < _CONTROL_SLOTS else []
@@ -439,6 +441,17 @@ class ProcessExecutor(Executor):
 
     def __repr__(self) -> str:
         return f"ProcessExecutor(workers={self.workers}, start_method={self.start_method!r})"
+
+
+def defining_modules(dataset: Any) -> list[str]:
+    """The modules that define the dataset's class and its bases (not `__main__`: a worker
+    imports the main script itself, only if it must)."""
+    out = []
+    for cls in type(dataset).__mro__:
+        module = getattr(cls, "__module__", None)
+        if module and module not in ("builtins", "__main__", "__mp_main__") and module not in out:
+            out.append(module)
+    return out
 
 
 def _undecodable(exc: BaseException, index: int, where: str) -> BaseException:

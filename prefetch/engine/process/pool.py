@@ -180,12 +180,13 @@ class Worker:
 
 
 def start(method: str, slot: int, on_frame: Callable[[Worker, Any, list[int]], None],
-          on_closed: Callable[[Worker], None], siblings: list[Worker]) -> Worker:
-    """Start one worker process (never waits for it) and return its record."""
+          on_closed: Callable[[Worker], None], siblings: list[Worker], preload: list[str]) -> Worker:
+    """Start one worker process (never waits for it) and return its record. `preload`: modules
+    the fork server may import once for every worker (see `zygote`)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         if method == "forkserver":
-            exit: ExitWatch = _ServerExit(zygote.server().fork(theirs))
+            exit: ExitWatch = _ServerExit(zygote.server().fork(theirs, preload))
         else:
             ctx: Any = mp.get_context(method)
             # fork: the child must not keep the main process's ends of any worker socket, or

@@ -19,6 +19,14 @@ import pickle
 from typing import Any, NamedTuple
 
 
+# -- main process -> fork server ----------------------------------------------------------------
+class Fork(NamedTuple):
+    """Fork one worker. Two fds ride along: the status socket's end and the worker's socket."""
+
+    sys_path: list[str]  # where the modules below are found
+    preload: list[str]  # modules the server imports first, once, so every later worker has them
+
+
 # -- main process -> worker ----------------------------------------------------------------------
 class Boot(NamedTuple):
     """First message: who the worker is and the dataset to load. One fd: the control block."""

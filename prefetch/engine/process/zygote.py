@@ -28,9 +28,9 @@ import struct
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import Any, Sequence
 
-from .protocol import dumps, loads
+from .protocol import Fork, dumps, loads
 from .wire import BlockingEnd, FrameReader
 
 _STATUS = struct.Struct("<q")
@@ -56,15 +56,18 @@ class Zygote:
         self._end = BlockingEnd(ours)
         self._lock = threading.Lock()
 
-    def fork(self, worker_sock: socket.socket) -> socket.socket:
+    def fork(self, worker_sock: socket.socket, preload: Sequence[str] = ()) -> socket.socket:
         """Ask for a worker on `worker_sock` (the worker's end); returns the status socket.
+        `preload`: modules the server imports before forking (the dataset's), so that this
+        and every later worker starts with them.
 
         Never waits for the server: the request sits in its socket until the server is up.
         """
         status_ours, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with self._lock:
-                self._end.send(dumps(("fork",)), [status_theirs.fileno(), worker_sock.fileno()])
+                request = Fork([p for p in sys.path if p], list(preload))
+                self._end.send(dumps(request), [status_theirs.fileno(), worker_sock.fileno()])
         finally:
             status_theirs.close()
         return status_ours
@@ -123,8 +126,12 @@ def parse_status(data: bytes) -> tuple[int | None, int | None]:
 # -- the server process ------------------------------------------------------------------------------
 def serve(control_fd: int) -> None:
     """The server's main loop (run in a fresh interpreter by `Zygote`)."""
-    # What every worker needs, imported once here and inherited by each fork.
+    # What every worker needs, imported once here and inherited by each fork (numpy.random:
+    # each worker seeds its global generators before its first batch).
+    import random  # noqa: F401
+
     import numpy  # noqa: F401
+    import numpy.random  # noqa: F401
 
     from . import child
 
@@ -150,7 +157,7 @@ def serve(control_fd: int) -> None:
                 while reader.frames:
                     payload, fds = reader.frames.popleft()
                     status = socket.socket(fileno=fds[0])
-                    loads(payload)  # ("fork",): the only request
+                    _preload(loads(payload))
                     me = os.getpid()
                     pid = os.fork()
                     if pid == 0:
@@ -171,6 +178,24 @@ def serve(control_fd: int) -> None:
                 except BlockingIOError:
                     pass
                 _reap(status_of)
+
+
+def _preload(request: Fork) -> None:
+    """Import the modules a dataset needs here, once: workers forked later inherit them (a
+    second Loader over the same dataset starts without importing anything)."""
+    missing = [m for m in request.preload if m not in sys.modules]
+    if not missing:
+        return
+    for path in request.sys_path:
+        if path not in sys.path:
+            sys.path.append(path)
+    import importlib
+
+    for name in missing:
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - the worker imports it itself and reports what fails
+            pass
 
 
 def _run_child(child: Any, fd: int, server_pid: int) -> None:
