@@ -3,7 +3,8 @@ array, list of paths...) as a batch-level dataset, with per-epoch sample shuffli
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -8,7 +8,8 @@ computes it once per (seed, epoch) on first use.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 
 class Memo:

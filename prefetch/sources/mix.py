@@ -11,7 +11,8 @@ time: proportional everywhere, no long runs of one dataset, a new arrangement ev
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
