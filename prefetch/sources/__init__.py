@@ -7,8 +7,8 @@
 - `stack(samples)`: the default collate.
 """
 
-from .batched import Batched, batched
+from .batching import Batched, batched
 from .collate import stack
-from .mix import Mix, mix
+from .mixing import Mix, mix
 
 __all__ = ["Batched", "Mix", "batched", "mix", "stack"]
