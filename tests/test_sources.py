@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import collections
 import doctest
+import itertools
 import pickle
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from source_datasets import ImageFolder, Rows, RowsWithGetitems
 
 import prefetch
 import prefetch.sources.batching
@@ -17,7 +19,6 @@ import prefetch.sources.cache
 import prefetch.sources.collate
 import prefetch.sources.mixing
 from prefetch.sources import stack
-from source_datasets import ImageFolder, Rows, RowsWithGetitems
 
 pytestmark = pytest.mark.timeout(120)
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -36,6 +37,10 @@ def source(kind: str, n: int):
     if kind == "list":
         return list(range(n))
     return RowsWithGetitems(n) if kind == "getitems" else Rows(n)
+
+
+def flat(batches) -> list[int]:
+    return list(itertools.chain.from_iterable(batches))
 
 
 def epoch_ids(loader) -> list[list[int]]:
@@ -79,7 +84,7 @@ def test_batch_composition_differs_across_epochs_when_shuffled(n, batch_size, se
     ds = prefetch.batched(source(kind, n), batch_size, shuffle=True)
     with prefetch.Loader(ds, workers=2, seed=seed) as loader:
         first, second = epoch_ids(loader), epoch_ids(loader)
-    assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(n))
+    assert sorted(flat(first)) == sorted(flat(second)) == list(range(n))
     assert first != second
 
 
@@ -160,7 +165,7 @@ def test_process_workers_give_the_same_shuffled_batches_as_threads(no_leaks):
 
 
 def test_rng_is_per_batch_inside_a_collate():
-    draws = lambda items: (np.asarray(items), prefetch.rng().integers(0, 2**62))  # noqa: E731
+    draws = lambda items: (np.asarray(items), prefetch.rng().integers(0, 2**62))
     ds = prefetch.batched(list(range(20)), 4, collate=draws, shuffle=True)
     with prefetch.Loader(ds, workers=1, seed=3) as a, prefetch.Loader(ds, workers=4, seed=3) as b:
         assert [int(x[1]) for x in a] == [int(x[1]) for x in b]
@@ -218,7 +223,7 @@ def test_getitems_is_used_when_the_source_has_it():
     rows = RowsWithGetitems(20)
     ds = prefetch.batched(rows, 6)
     with prefetch.Loader(ds, workers=2) as loader:
-        assert epoch_ids(loader) == [list(range(0, 6)), list(range(6, 12)), list(range(12, 18)), [18, 19]]
+        assert epoch_ids(loader) == [list(range(6)), list(range(6, 12)), list(range(12, 18)), [18, 19]]
     assert (rows.many, rows.single) == (4, 0)
 
 
@@ -321,7 +326,7 @@ def test_mix_gives_each_dataset_its_weighted_share_until_the_first_runs_out():
     assert [k for name, k in second if name == "b"] == list(range(30, 60))
     assert first != second  # a new arrangement each epoch
     # spread evenly: never a long run of the smaller dataset
-    assert max(len(list(g)) for _, g in __import__("itertools").groupby(n for n, _ in first)) <= 8
+    assert max(len(list(g)) for _, g in itertools.groupby(n for n, _ in first)) <= 8
 
 
 def test_mix_until_the_last_runs_out_reads_every_batch_once():
@@ -400,7 +405,7 @@ def test_mixed_batched_sources_reshuffle_on_every_pass():
             got.append(ids(b))
             if len(got) == 9:
                 break
-    passes = [sum(got[i:i + 3], []) for i in range(0, 9, 3)]
+    passes = [flat(got[i:i + 3]) for i in range(0, 9, 3)]
     assert all(sorted(p) == list(range(12)) for p in passes)
     assert len({tuple(p) for p in passes}) == 3
 
