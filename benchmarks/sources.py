@@ -1,0 +1,245 @@
+"""Sample-level sources: `prefetch.batched` against torch's `DataLoader`, side by side.
+
+    python benchmarks/sources.py            # median of 3, ~3 min on 2 cores
+    python benchmarks/sources.py --quick    # 1 run, fewer batches (~1 min)
+    python benchmarks/sources.py --workers 4 --workloads small,images
+
+Workloads (each batch collates its samples; both loaders shuffle samples every epoch):
+
+- `small`:  256 samples per batch, each ~0.2 ms of numpy ufunc work (calibrated here) -> 64 floats.
+- `images`: 64 samples per batch, each a 3x224x224 uint8 image copied (and flipped) from a pool.
+- `hf`:     a Hugging Face `datasets.Dataset` (numpy format, 128 floats + a label per row), 256
+            rows per batch: read with its `__getitems__` (one call per batch) vs one row at a time.
+
+Rows, all with the same `workers` (W) and batches in flight (Q = 4W):
+
+- `serial`: every batch made in this process, one after the other - the baseline.
+- `limit-thread` / `limit-process`: the physical limit - the same batches (epoch 0's shuffled
+  samples, fetched and collated by the same code) split round robin over W bare threads / W bare
+  forked processes: no loader, no hand-over, nothing sent back. Each keeps its last Q/W batches
+  alive, as any prefetcher's window holds Q batches (dropping each batch at once would reuse
+  one cache-hot buffer, which no loader can: for 9 MiB batches that alone is ~1.4x).
+- `prefetch-thread` / `prefetch-process`: `prefetch.Loader(prefetch.batched(src, B, shuffle=True),
+  workers=W, max_queue_size=Q, executor=...)`.
+- `torch-dl`: `DataLoader(src, batch_size=B, shuffle=True, num_workers=W, prefetch_factor=4)`
+  (processes, default fork context, `default_collate`, which also uses `__getitems__`).
+
+Each cell runs in a fresh interpreter. b/s is measured on the second half of the epoch (start-up
+over for every loader); `epoch b/s` includes start-up. `x limit` compares thread rows with
+`limit-thread` and process rows (torch's too) with `limit-process`. The machine is shared and
+noisy: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+WORKLOADS = {  # name: (samples per batch, batches per epoch (full run), rows)
+    "small": (256, 60, ["serial", "limit-thread", "limit-process", "prefetch-thread", "prefetch-process", "torch-dl"]),
+    "images": (64, 200, ["serial", "limit-thread", "limit-process", "prefetch-thread", "prefetch-process", "torch-dl"]),
+    "hf": (256, 200, ["serial", "serial-onebyone", "limit-thread", "prefetch-thread", "prefetch-thread-onebyone",
+                      "torch-dl"]),
+}
+
+
+# -- one cell, in a fresh interpreter ----------------------------------------------------------------
+
+def _source(spec: dict) -> Any:
+    from benchmarks import sample_workloads as sw
+
+    bs, n = spec["batch_size"], spec["batches"] * spec["batch_size"]
+    if spec["workload"] == "small":
+        return sw.SmallSamples(n, spec["size"])
+    if spec["workload"] == "images":
+        return sw.ImageSamples(n)
+    table = sw.hf_table(n)
+    return sw.OneByOne(table) if spec["row"].endswith("onebyone") else table
+
+
+def _make(ds: Any, i: int) -> Any:
+    """Batch i of epoch 0 of a Loader seeded 0, made without a Loader (the same samples)."""
+    return ds.fetch(ds.indices(i, seed=0, epoch=0))
+
+
+def _bare_threads(ds: Any, workers: int, queue: int) -> float:
+    n = len(ds)
+    go = threading.Barrier(workers + 1)
+
+    def work(k: int) -> None:
+        kept: collections.deque = collections.deque(maxlen=max(1, queue // workers))
+        go.wait()
+        for i in range(k, n, workers):
+            kept.append(_make(ds, i))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(workers)]
+    for t in threads:
+        t.start()
+    go.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return n / (time.perf_counter() - t0)
+
+
+def _bare_process(ds: Any, k: int, workers: int, queue: int, go: Any, done: Any) -> None:
+    kept: collections.deque = collections.deque(maxlen=max(1, queue // workers))
+    go.wait()
+    for i in range(k, len(ds), workers):
+        kept.append(_make(ds, i))
+    done.put(time.perf_counter())
+
+
+def _bare_processes(ds: Any, workers: int, queue: int) -> float:
+    import multiprocessing as mp
+
+    fork = mp.get_context("fork")
+    go, done = fork.Barrier(workers + 1), fork.Queue()
+    procs = [fork.Process(target=_bare_process, args=(ds, k, workers, queue, go, done)) for k in range(workers)]
+    for p in procs:
+        p.start()
+    go.wait()
+    t0 = time.perf_counter()  # perf_counter is CLOCK_MONOTONIC: comparable across forked processes
+    end = max(done.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return len(ds) / (end - t0)
+
+
+def cell(spec: dict) -> dict:
+    import prefetch
+
+    src = _source(spec)
+    row, w, q, bs = spec["row"], spec["workers"], spec["queue"], spec["batch_size"]
+    ds = prefetch.batched(src, bs, shuffle=True)
+    if row.startswith("limit-"):
+        bps = (_bare_threads if row == "limit-thread" else _bare_processes)(ds, w, q)
+        return {"bps": bps, "epoch_bps": bps}
+    close = None
+    t0 = time.perf_counter()
+    if row.startswith("serial"):
+        it: Any = (_make(ds, i) for i in range(len(ds)))
+    elif row.startswith("prefetch"):
+        kind = "process" if "process" in row else "thread"
+        loader = prefetch.Loader(ds, workers=w, max_queue_size=q, executor=kind, seed=0)
+        it, close = iter(loader), loader.close
+    else:
+        import torch.utils.data as tud
+
+        dl = tud.DataLoader(src, batch_size=bs, shuffle=True, num_workers=w, prefetch_factor=max(2, q // w))
+        it = iter(dl)
+    stamps = []
+    for batch in it:
+        first = batch["x"] if isinstance(batch, dict) else batch
+        first.reshape(-1)[0].item()  # touch it
+        stamps.append(time.perf_counter())
+    if close is not None:
+        close()
+    n = len(stamps)
+    half = n // 2
+    return {"bps": (n - 1 - half) / (stamps[-1] - stamps[half]), "epoch_bps": n / (stamps[-1] - t0),
+            "ttfb_ms": (stamps[0] - t0) * 1000, "batches": n}
+
+
+def run_cell(spec: dict) -> dict:
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"  # parallelism comes from the loader alone
+    try:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--cell", json.dumps(spec)], env=env,
+                              capture_output=True, text=True, timeout=spec["timeout"], start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail[:90]}"}
+    return json.loads(lines[-1])
+
+
+# -- the table ------------------------------------------------------------------------------------------
+
+def _limit_for(row: str) -> str | None:
+    if row.startswith("serial") or row.startswith("limit"):
+        return None
+    return "limit-thread" if "thread" in row else "limit-process"
+
+
+def report(name: str, spec: dict, results: dict[str, list[dict]]) -> list[str]:
+    med = {row: statistics.median([r["bps"] for r in rs]) for row, rs in results.items() if all("bps" in r for r in rs)}
+    serial = med.get("serial")
+    torch = med.get("torch-dl")
+    detail = f", {spec['size']} floats/sample" if name == "small" else ""
+    lines = [f"\n## {name}: {spec['batch_size']} samples/batch, {spec['batches']} batches, workers={spec['workers']}"
+             f"{detail}",
+             f"{'row':<26}{'b/s':>9}{'x serial':>10}{'limit b/s':>11}{'x limit':>9}{'x torch':>9}{'epoch b/s':>11}"
+             f"{'TTFB ms':>9}"]
+    for row, rs in results.items():
+        if row not in med:
+            lines.append(f"{row:<26}  {next(r['error'] for r in rs if 'error' in r)}")
+            continue
+        bps = med[row]
+        lim_row = _limit_for(row)
+        lim = med.get(lim_row) if lim_row else None
+        vs_torch = bps / torch if torch and row.startswith("prefetch") else None
+        epoch = statistics.median([r["epoch_bps"] for r in rs])
+        ttfb = [r["ttfb_ms"] for r in rs if "ttfb_ms" in r]
+
+        def f(v: float | None, fmt: str) -> str:
+            return "-" if v is None else format(v, fmt)
+
+        lines.append(f"{row:<26}{bps:>9,.1f}{f(bps / serial if serial else None, '.2f'):>10}{f(lim, ',.1f'):>11}"
+                     f"{f(bps / lim if lim else None, '.2f'):>9}{f(vs_torch, '.2f'):>9}{epoch:>11,.1f}"
+                     f"{f(statistics.median(ttfb) if ttfb else None, ',.0f'):>9}")
+    if name == "hf" and "prefetch-thread" in med and "prefetch-thread-onebyone" in med:
+        lines.append(f"__getitems__ gain: {med['prefetch-thread'] / med['prefetch-thread-onebyone']:.2f}x through the "
+                     f"Loader, {med['serial'] / med['serial-onebyone']:.2f}x serial")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 run, a third of the batches")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=None)
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--cell", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.cell:
+        print(json.dumps(cell(json.loads(args.cell))), flush=True)
+        return 0
+    from benchmarks.sample_workloads import calibrate_small
+
+    repeat = args.repeat or (1 if args.quick else 3)
+    size = calibrate_small()
+    print(f"prefetch.batched vs torch DataLoader: workers={args.workers}, {os.cpu_count()} CPUs, "
+          f"median of {repeat}")
+    out: list[str] = []
+    for name in args.workloads.split(","):
+        bs, batches, rows = WORKLOADS[name]
+        spec = {"workload": name, "batch_size": bs, "batches": batches // 3 if args.quick else batches,
+                "workers": args.workers, "queue": 4 * args.workers, "size": size, "timeout": 300}
+        results: dict[str, list[dict]] = {row: [] for row in rows}
+        for _ in range(repeat):  # interleaved, so drifting load hits every row alike
+            for row in rows:
+                results[row].append(run_cell(dict(spec, row=row)))
+        lines = report(name, spec, results)
+        print("\n".join(lines), flush=True)
+        out.extend(lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
