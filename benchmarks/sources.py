@@ -60,7 +60,7 @@ WORKLOADS = {  # name: (samples per batch, batches per epoch (full run), rows)
 def _source(spec: dict) -> Any:
     from benchmarks import sample_workloads as sw
 
-    bs, n = spec["batch_size"], spec["batches"] * spec["batch_size"]
+    n = spec["batches"] * spec["batch_size"]
     if spec["workload"] == "small":
         return sw.SmallSamples(n, spec["size"])
     if spec["workload"] == "images":
@@ -158,8 +158,8 @@ def run_cell(spec: dict) -> dict:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = "1"  # parallelism comes from the loader alone
     try:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--cell", json.dumps(spec)], env=env,
-                              capture_output=True, text=True, timeout=spec["timeout"], start_new_session=True)
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--cell", json.dumps(spec)], check=False,
+                              env=env, capture_output=True, text=True, timeout=spec["timeout"], start_new_session=True)
     except subprocess.TimeoutExpired:
         return {"error": "timed out"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -172,7 +172,7 @@ def run_cell(spec: dict) -> dict:
 # -- the table ------------------------------------------------------------------------------------------
 
 def _limit_for(row: str) -> str | None:
-    if row.startswith("serial") or row.startswith("limit"):
+    if row.startswith(("serial", "limit")):
         return None
     return "limit-thread" if "thread" in row else "limit-process"
 
@@ -182,10 +182,10 @@ def report(name: str, spec: dict, results: dict[str, list[dict]]) -> list[str]:
     serial = med.get("serial")
     torch = med.get("torch-dl")
     detail = f", {spec['size']} floats/sample" if name == "small" else ""
-    lines = [f"\n## {name}: {spec['batch_size']} samples/batch, {spec['batches']} batches, workers={spec['workers']}"
-             f"{detail}",
-             f"{'row':<26}{'b/s':>9}{'x serial':>10}{'limit b/s':>11}{'x limit':>9}{'x torch':>9}{'epoch b/s':>11}"
-             f"{'TTFB ms':>9}"]
+    lines = [(f"\n## {name}: {spec['batch_size']} samples/batch, {spec['batches']} batches, workers={spec['workers']}"
+             f"{detail}"),
+             (f"{'row':<26}{'b/s':>9}{'x serial':>10}{'limit b/s':>11}{'x limit':>9}{'x torch':>9}{'epoch b/s':>11}"
+             f"{'TTFB ms':>9}")]
     for row, rs in results.items():
         if row not in med:
             lines.append(f"{row:<26}  {next(r['error'] for r in rs if 'error' in r)}")
