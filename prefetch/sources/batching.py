@@ -18,8 +18,13 @@ _SAMPLE_DOMAIN = 0x5EED_0010
 
 
 def sample_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of the samples in epoch `epoch` of a loader seeded `seed`."""
-    return np.random.default_rng((_SAMPLE_DOMAIN, seed, epoch)).permutation(num_samples)
+    """The order of the samples in epoch `epoch` of a loader seeded `seed`.
+
+    Every worker computes it once per epoch: about 0.1 s and 4 MB per million samples.
+    """
+    order = np.arange(num_samples, dtype=np.int32 if num_samples < 2**31 else np.int64)
+    np.random.default_rng((_SAMPLE_DOMAIN, seed, epoch)).shuffle(order)
+    return order
 
 
 class Batched(PyDataset):
