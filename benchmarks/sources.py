@@ -26,8 +26,12 @@ Rows, all with the same `workers` (W) and batches in flight (Q = 4W):
 
 Each cell runs in a fresh interpreter. b/s is measured on the second half of the epoch (start-up
 over for every loader); `epoch b/s` includes start-up. `x limit` compares thread rows with
-`limit-thread` and process rows (torch's too) with `limit-process`. The machine is shared and
-noisy: read the ratios.
+`limit-thread` and process rows (torch's too) with `limit-process`. `cpu ms/b` is the CPU time of
+the whole process tree (workers included) per batch over the same second half, and `x cpu` is
+serial's divided by it: the share of the CPU that went into the batches themselves (a few
+percent high: up to Q batches were made before the window opened). On a machine
+shared with other jobs the wall-clock columns move a lot; `x cpu` barely does, and on idle cores
+a loader reaches about `x cpu` of the limit.
 """
 
 from __future__ import annotations
@@ -48,10 +52,10 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 WORKLOADS = {  # name: (samples per batch, batches per epoch (full run), rows)
-    "small": (256, 60, ["serial", "limit-thread", "limit-process", "prefetch-thread", "prefetch-process", "torch-dl"]),
+    "small": (256, 120, ["serial", "limit-thread", "limit-process", "prefetch-thread", "prefetch-process", "torch-dl"]),
     "images": (64, 200, ["serial", "limit-thread", "limit-process", "prefetch-thread", "prefetch-process", "torch-dl"]),
-    "hf": (256, 200, ["serial", "serial-onebyone", "limit-thread", "prefetch-thread", "prefetch-thread-onebyone",
-                      "torch-dl"]),
+    "hf": (256, 200, ["serial", "serial-onebyone", "limit-thread", "limit-process", "prefetch-thread",
+                     "prefetch-thread-onebyone", "prefetch-process", "torch-dl"]),
 }
 
 
@@ -119,6 +123,8 @@ def _bare_processes(ds: Any, workers: int, queue: int) -> float:
 
 
 def cell(spec: dict) -> dict:
+    import psutil  # noqa: F401 - imported before anything is timed
+
     import prefetch
 
     src = _source(spec)
@@ -141,16 +147,37 @@ def cell(spec: dict) -> dict:
         dl = tud.DataLoader(src, batch_size=bs, shuffle=True, num_workers=w, prefetch_factor=max(2, q // w))
         it = iter(dl)
     stamps = []
-    for batch in it:
+    total, half = len(ds), len(ds) // 2
+    cpu = {}
+    for i, batch in enumerate(it):
         first = batch["x"] if isinstance(batch, dict) else batch
         first.reshape(-1)[0].item()  # touch it
         stamps.append(time.perf_counter())
+        if i in (half, total - 1):  # inside the loop: every worker is still alive
+            cpu[i] = _tree_cpu()
     if close is not None:
         close()
     n = len(stamps)
-    half = n // 2
     return {"bps": (n - 1 - half) / (stamps[-1] - stamps[half]), "epoch_bps": n / (stamps[-1] - t0),
-            "ttfb_ms": (stamps[0] - t0) * 1000, "batches": n}
+            "ttfb_ms": (stamps[0] - t0) * 1000, "batches": n,
+            "cpu_ms": (cpu[total - 1] - cpu[half]) / (n - 1 - half) * 1000}
+
+
+def _tree_cpu() -> float:
+    """CPU seconds of this process and every descendant, alive or reaped (workers included)."""
+    import resource
+
+    import psutil
+
+    total = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                for f in ("ru_utime", "ru_stime"))
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
 
 
 def run_cell(spec: dict) -> dict:
@@ -181,11 +208,12 @@ def report(name: str, spec: dict, results: dict[str, list[dict]]) -> list[str]:
     med = {row: statistics.median([r["bps"] for r in rs]) for row, rs in results.items() if all("bps" in r for r in rs)}
     serial = med.get("serial")
     torch = med.get("torch-dl")
+    serial_cpu = statistics.median([r["cpu_ms"] for r in results.get("serial", [])] or [0]) or None
     detail = f", {spec['size']} floats/sample" if name == "small" else ""
     lines = [(f"\n## {name}: {spec['batch_size']} samples/batch, {spec['batches']} batches, workers={spec['workers']}"
              f"{detail}"),
              (f"{'row':<26}{'b/s':>9}{'x serial':>10}{'limit b/s':>11}{'x limit':>9}{'x torch':>9}{'epoch b/s':>11}"
-             f"{'TTFB ms':>9}")]
+             f"{'TTFB ms':>9}{'cpu ms/b':>10}{'x cpu':>7}")]
     for row, rs in results.items():
         if row not in med:
             lines.append(f"{row:<26}  {next(r['error'] for r in rs if 'error' in r)}")
@@ -195,6 +223,7 @@ def report(name: str, spec: dict, results: dict[str, list[dict]]) -> list[str]:
         lim = med.get(lim_row) if lim_row else None
         vs_torch = bps / torch if torch and row.startswith("prefetch") else None
         epoch = statistics.median([r["epoch_bps"] for r in rs])
+        cpu = statistics.median([r["cpu_ms"] for r in rs]) if all("cpu_ms" in r for r in rs) else None
         ttfb = [r["ttfb_ms"] for r in rs if "ttfb_ms" in r]
 
         def f(v: float | None, fmt: str) -> str:
@@ -202,7 +231,8 @@ def report(name: str, spec: dict, results: dict[str, list[dict]]) -> list[str]:
 
         lines.append(f"{row:<26}{bps:>9,.1f}{f(bps / serial if serial else None, '.2f'):>10}{f(lim, ',.1f'):>11}"
                      f"{f(bps / lim if lim else None, '.2f'):>9}{f(vs_torch, '.2f'):>9}{epoch:>11,.1f}"
-                     f"{f(statistics.median(ttfb) if ttfb else None, ',.0f'):>9}")
+                     f"{f(statistics.median(ttfb) if ttfb else None, ',.0f'):>9}{f(cpu, '.2f'):>10}"
+                     f"{f(serial_cpu / cpu if serial_cpu and cpu else None, '.2f'):>7}")
     if name == "hf" and "prefetch-thread" in med and "prefetch-thread-onebyone" in med:
         lines.append(f"__getitems__ gain: {med['prefetch-thread'] / med['prefetch-thread-onebyone']:.2f}x through the "
                      f"Loader, {med['serial'] / med['serial-onebyone']:.2f}x serial")
