@@ -131,8 +131,9 @@ def cell(spec: dict) -> dict:
     row, w, q, bs = spec["row"], spec["workers"], spec["queue"], spec["batch_size"]
     ds = prefetch.batched(src, bs, shuffle=True)
     if row.startswith("limit-"):
+        c0 = _tree_cpu()
         bps = (_bare_threads if row == "limit-thread" else _bare_processes)(ds, w, q)
-        return {"bps": bps, "epoch_bps": bps}
+        return {"bps": bps, "epoch_bps": bps, "cpu_ms": (_tree_cpu() - c0) / len(ds) * 1000}
     close = None
     t0 = time.perf_counter()
     if row.startswith("serial"):
