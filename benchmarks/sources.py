@@ -13,25 +13,32 @@ Workloads (each batch collates its samples; both loaders shuffle samples every e
 
 Rows, all with the same `workers` (W) and batches in flight (Q = 4W):
 
-- `serial`: every batch made in this process, one after the other - the baseline.
-- `limit-thread` / `limit-process`: the physical limit - the same batches (epoch 0's shuffled
-  samples, fetched and collated by the same code) split round robin over W bare threads / W bare
-  forked processes: no loader, no hand-over, nothing sent back. Each keeps its last Q/W batches
-  alive, as any prefetcher's window holds Q batches (dropping each batch at once would reuse
-  one cache-hot buffer, which no loader can: for 9 MiB batches that alone is ~1.4x).
+- `serial`: every batch made in this process, one after the other, each dropped when the next is
+  made - the baseline.
+- `serial-kept`: the same, keeping the last Q batches alive, as any prefetcher holds its window:
+  the work per batch a pipeline cannot avoid (a loop that drops each batch reuses one cache-hot
+  buffer; for 9 MiB image batches that alone saves ~30% of the CPU).
+- `bare-thread` / `bare-process`: the same batches (epoch 0's shuffled samples, fetched and
+  collated by the same code) split round robin over W bare threads / W bare forked processes: no
+  loader, no hand-over, nothing sent back; each keeps its last Q/W batches alive, as a
+  prefetcher's window holds Q. What plain threads/processes get here (GIL, memory) - a reference.
 - `prefetch-thread` / `prefetch-process`: `prefetch.Loader(prefetch.batched(src, B, shuffle=True),
   workers=W, max_queue_size=Q, executor=...)`.
 - `torch-dl`: `DataLoader(src, batch_size=B, shuffle=True, num_workers=W, prefetch_factor=4)`
   (processes, default fork context, `default_collate`, which also uses `__getitems__`).
 
-Each cell runs in a fresh interpreter. b/s is measured on the second half of the epoch (start-up
-over for every loader); `epoch b/s` includes start-up. `x limit` compares thread rows with
-`limit-thread` and process rows (torch's too) with `limit-process`. `cpu ms/b` is the CPU time of
-the whole process tree (workers included) per batch over the same second half, and `x cpu` is
-serial's divided by it: the share of the CPU that went into the batches themselves (a few
-percent high: up to Q batches were made before the window opened). On a machine
-shared with other jobs the wall-clock columns move a lot; `x cpu` barely does, and on idle cores
-a loader reaches about `x cpu` of the limit.
+Columns. Each cell runs in a fresh interpreter. `b/s` is measured on the second half of the epoch
+(start-up over for every loader); `epoch b/s` includes start-up. `cpu ms/b` is the CPU time of the
+whole process tree (workers included) per batch over the same half (a few percent low for
+loaders: up to Q batches were made before the window opened).
+
+- `limit b/s`, the physical limit: min(W, CPUs) cores doing nothing but `serial-kept`'s work,
+  min(W, CPUs) / its `cpu ms/b`. `x limit` = b/s over it. (For GIL-bound sources, threads
+  cannot reach it: compare with `bare-thread`.)
+- `x cpu` = `serial-kept`'s `cpu ms/b` / the row's: the share of the CPU that went into the
+  batches themselves; on idle cores a loader reaches about `x cpu` of the limit. On a machine shared with
+  other jobs the wall-clock columns move a lot (serial gets a core to itself more often than W
+  workers get W); `x cpu` barely moves: read it there.
 """
 
 from __future__ import annotations
@@ -52,9 +59,11 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 WORKLOADS = {  # name: (samples per batch, batches per epoch (full run), rows)
-    "small": (256, 120, ["serial", "limit-thread", "limit-process", "prefetch-thread", "prefetch-process", "torch-dl"]),
-    "images": (64, 200, ["serial", "limit-thread", "limit-process", "prefetch-thread", "prefetch-process", "torch-dl"]),
-    "hf": (256, 200, ["serial", "serial-onebyone", "limit-thread", "limit-process", "prefetch-thread",
+    "small": (256, 120, ["serial", "serial-kept", "bare-thread", "bare-process", "prefetch-thread", "prefetch-process",
+                         "torch-dl"]),
+    "images": (64, 200, ["serial", "serial-kept", "bare-thread", "bare-process", "prefetch-thread", "prefetch-process",
+                         "torch-dl"]),
+    "hf": (256, 200, ["serial", "serial-kept", "serial-onebyone", "bare-thread", "bare-process", "prefetch-thread",
                      "prefetch-thread-onebyone", "prefetch-process", "torch-dl"]),
 }
 
@@ -130,14 +139,15 @@ def cell(spec: dict) -> dict:
     src = _source(spec)
     row, w, q, bs = spec["row"], spec["workers"], spec["queue"], spec["batch_size"]
     ds = prefetch.batched(src, bs, shuffle=True)
-    if row.startswith("limit-"):
+    if row.startswith("bare-"):
         c0 = _tree_cpu()
-        bps = (_bare_threads if row == "limit-thread" else _bare_processes)(ds, w, q)
+        bps = (_bare_threads if row == "bare-thread" else _bare_processes)(ds, w, q)
         return {"bps": bps, "epoch_bps": bps, "cpu_ms": (_tree_cpu() - c0) / len(ds) * 1000}
     close = None
     t0 = time.perf_counter()
     if row.startswith("serial"):
-        it: Any = (_make(ds, i) for i in range(len(ds)))
+        kept: collections.deque = collections.deque(maxlen=q if row == "serial-kept" else 1)
+        it: Any = (kept.append(_make(ds, i)) or kept[-1] for i in range(len(ds)))
     elif row.startswith("prefetch"):
         kind = "process" if "process" in row else "thread"
         loader = prefetch.Loader(ds, workers=w, max_queue_size=q, executor=kind, seed=0)
@@ -199,44 +209,38 @@ def run_cell(spec: dict) -> dict:
 
 # -- the table ------------------------------------------------------------------------------------------
 
-def _limit_for(row: str) -> str | None:
-    if row.startswith(("serial", "limit")):
-        return None
-    return "limit-thread" if "thread" in row else "limit-process"
-
-
 def report(name: str, spec: dict, results: dict[str, list[dict]]) -> list[str]:
-    med = {row: statistics.median([r["bps"] for r in rs]) for row, rs in results.items() if all("bps" in r for r in rs)}
-    serial = med.get("serial")
-    torch = med.get("torch-dl")
-    serial_cpu = statistics.median([r["cpu_ms"] for r in results.get("serial", [])] or [0]) or None
+    def median(row: str, key: str) -> float | None:
+        values = [r[key] for r in results.get(row, []) if key in r]
+        return statistics.median(values) if values else None
+
+    def f(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    serial, torch, serial_cpu = median("serial", "bps"), median("torch-dl", "bps"), median("serial-kept", "cpu_ms")
+    cores = min(spec["workers"], os.cpu_count() or 1)
+    limit = cores * 1000 / serial_cpu if serial_cpu else None
     detail = f", {spec['size']} floats/sample" if name == "small" else ""
-    lines = [(f"\n## {name}: {spec['batch_size']} samples/batch, {spec['batches']} batches, workers={spec['workers']}"
-             f"{detail}"),
-             (f"{'row':<26}{'b/s':>9}{'x serial':>10}{'limit b/s':>11}{'x limit':>9}{'x torch':>9}{'epoch b/s':>11}"
-             f"{'TTFB ms':>9}{'cpu ms/b':>10}{'x cpu':>7}")]
+    lines = [(f"\n## {name}: {spec['batch_size']} samples/batch, {spec['batches']} batches, "
+             f"workers={spec['workers']}{detail}; physical limit {f(limit, ',.1f')} b/s"),
+             (f"{'row':<26}{'b/s':>9}{'x serial':>10}{'x torch':>9}{'x limit':>9}{'cpu ms/b':>10}{'x cpu':>7}"
+             f"{'epoch b/s':>11}{'TTFB ms':>9}")]
     for row, rs in results.items():
-        if row not in med:
+        bps = median(row, "bps")
+        if bps is None or any("error" in r for r in rs):
             lines.append(f"{row:<26}  {next(r['error'] for r in rs if 'error' in r)}")
             continue
-        bps = med[row]
-        lim_row = _limit_for(row)
-        lim = med.get(lim_row) if lim_row else None
-        vs_torch = bps / torch if torch and row.startswith("prefetch") else None
-        epoch = statistics.median([r["epoch_bps"] for r in rs])
-        cpu = statistics.median([r["cpu_ms"] for r in rs]) if all("cpu_ms" in r for r in rs) else None
-        ttfb = [r["ttfb_ms"] for r in rs if "ttfb_ms" in r]
-
-        def f(v: float | None, fmt: str) -> str:
-            return "-" if v is None else format(v, fmt)
-
-        lines.append(f"{row:<26}{bps:>9,.1f}{f(bps / serial if serial else None, '.2f'):>10}{f(lim, ',.1f'):>11}"
-                     f"{f(bps / lim if lim else None, '.2f'):>9}{f(vs_torch, '.2f'):>9}{epoch:>11,.1f}"
-                     f"{f(statistics.median(ttfb) if ttfb else None, ',.0f'):>9}{f(cpu, '.2f'):>10}"
-                     f"{f(serial_cpu / cpu if serial_cpu and cpu else None, '.2f'):>7}")
-    if name == "hf" and "prefetch-thread" in med and "prefetch-thread-onebyone" in med:
-        lines.append(f"__getitems__ gain: {med['prefetch-thread'] / med['prefetch-thread-onebyone']:.2f}x through the "
-                     f"Loader, {med['serial'] / med['serial-onebyone']:.2f}x serial")
+        cpu = median(row, "cpu_ms")
+        parallel = not row.startswith("serial")
+        lines.append(f"{row:<26}{bps:>9,.1f}{f(bps / serial if serial else None, '.2f'):>10}"
+                     f"{f(bps / torch if torch and row.startswith('prefetch') else None, '.2f'):>9}"
+                     f"{f(bps / limit if limit and parallel else None, '.2f'):>9}{f(cpu, '.2f'):>10}"
+                     f"{f(serial_cpu / cpu if serial_cpu and cpu else None, '.2f'):>7}"
+                     f"{f(median(row, 'epoch_bps'), ',.1f'):>11}{f(median(row, 'ttfb_ms'), ',.0f'):>9}")
+    getitems, onebyone = median("prefetch-thread", "bps"), median("prefetch-thread-onebyone", "bps")
+    if name == "hf" and getitems and onebyone and serial and median("serial-onebyone", "bps"):
+        lines.append(f"__getitems__ gain: {getitems / onebyone:.2f}x through the Loader (threads), "
+                     f"{serial / median('serial-onebyone', 'bps'):.2f}x serial")
     return lines
 
 
