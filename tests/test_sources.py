@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import doctest
 import itertools
+import os
 import pickle
 
 import numpy as np
@@ -21,7 +22,9 @@ import prefetch.sources.mixing
 from prefetch.sources import stack
 
 pytestmark = pytest.mark.timeout(120)
-PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# PREFETCH_EXAMPLES=500 for a longer search than CI's.
+PROPERTY = settings(max_examples=int(os.environ.get("PREFETCH_EXAMPLES", "30")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 
 def ids(batch) -> list[int]:
