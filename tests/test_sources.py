@@ -400,6 +400,19 @@ def test_mix_resume_from_any_point_equals_the_uninterrupted_run(sizes, stop, see
     assert head + tail == whole
 
 
+def test_sharded_mix_reads_each_mixed_batch_on_one_host():
+    m = prefetch.mix([tagged("a", 9), tagged("b", 15)], [1, 2], stop="last")
+    loaders = [prefetch.Loader(m, seed=4, workers=2, shard=prefetch.Shard(i, 3)) for i in range(3)]
+    try:
+        for _ in range(2):
+            parts = [list(loader) for loader in loaders]
+            assert [len(p) for p in parts] == [8, 8, 8]
+            assert sorted(b for p in parts for b in p) == sorted(tagged("a", 9) + tagged("b", 15))
+    finally:
+        for loader in loaders:
+            loader.close()
+
+
 def test_mixed_batched_sources_reshuffle_on_every_pass():
     m = prefetch.mix([prefetch.batched(np.arange(12), 4, shuffle=True)], stop="never")
     with prefetch.Loader(m, seed=0) as loader:
