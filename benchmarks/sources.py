@@ -9,7 +9,9 @@ Workloads (each batch collates its samples; both loaders shuffle samples every e
 - `small`:  256 samples per batch, each ~0.2 ms of numpy ufunc work (calibrated here) -> 64 floats.
 - `images`: 64 samples per batch, each a 3x224x224 uint8 image copied (and flipped) from a pool.
 - `hf`:     a Hugging Face `datasets.Dataset` (numpy format, 128 floats + a label per row), 256
-            rows per batch: read with its `__getitems__` (one call per batch) vs one row at a time.
+            rows per batch: read with its `__getitems__` (one call per batch) vs one row at a time
+            (`-onebyone` rows, on 1/6 of the batches). A longer epoch: process workers import
+            `datasets` (~1-2 s) before they can unpickle it, and the second half must be past that.
 
 Rows, all with the same `workers` (W) and batches in flight (Q = 4W):
 
@@ -63,7 +65,7 @@ WORKLOADS = {  # name: (samples per batch, batches per epoch (full run), rows)
                          "torch-dl"]),
     "images": (64, 200, ["serial", "serial-kept", "bare-thread", "bare-process", "prefetch-thread", "prefetch-process",
                          "torch-dl"]),
-    "hf": (256, 200, ["serial", "serial-kept", "serial-onebyone", "bare-thread", "bare-process", "prefetch-thread",
+    "hf": (256, 600, ["serial", "serial-kept", "serial-onebyone", "bare-thread", "bare-process", "prefetch-thread",
                      "prefetch-thread-onebyone", "prefetch-process", "torch-dl"]),
 }
 
@@ -73,7 +75,10 @@ WORKLOADS = {  # name: (samples per batch, batches per epoch (full run), rows)
 def _source(spec: dict) -> Any:
     from benchmarks import sample_workloads as sw
 
-    n = spec["batches"] * spec["batch_size"]
+    batches = spec["batches"]
+    if spec["row"].endswith("onebyone"):
+        batches = max(20, batches // 6)  # ten times slower, and as steady: fewer batches suffice
+    n = batches * spec["batch_size"]
     if spec["workload"] == "small":
         return sw.SmallSamples(n, spec["size"])
     if spec["workload"] == "images":
