@@ -26,13 +26,15 @@ if TYPE_CHECKING:
     from .batchmem import empty
     from .loader import Loader
     from .randomness import rng
+    from .sources import batched, mix
     from .stats import Stats
 
-__all__ = ["Loader", "PyDataset", "Shard", "Stats", "WorkerError", "empty", "rng"]
+__all__ = ["Loader", "PyDataset", "Shard", "Stats", "WorkerError", "batched", "empty", "mix", "rng"]
 __version__ = "0.1.0"
 
 
-_LAZY = {"Loader": ".loader", "Stats": ".stats", "empty": ".batchmem", "rng": ".randomness"}
+_LAZY = {"Loader": ".loader", "Stats": ".stats", "empty": ".batchmem", "rng": ".randomness",
+         "batched": ".sources", "mix": ".sources"}
 
 
 def __getattr__(name: str) -> Any:

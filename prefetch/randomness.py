@@ -51,6 +51,18 @@ def rng() -> np.random.Generator:
     return slot[3]
 
 
+def current_batch() -> tuple[int, int, int] | None:
+    """(seed, epoch, index) of the batch being produced by a Loader, `None` outside one.
+
+    What sample-level sources (`prefetch.batched`, `prefetch.mix`) derive their per-epoch
+    permutation and schedule from, so they agree on every executor and worker count.
+    """
+    slot = _current.get()
+    if slot is None:
+        return None
+    return slot[0], slot[1], slot[2]
+
+
 def enter_batch(seed: int, epoch: int, index: int) -> Any:
     """Make `rng()` answer for this batch; returns the token for `exit_batch`."""
     return _current.set([seed, epoch, index, None])

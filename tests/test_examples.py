@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py"))
-TRAINING = {"keras_fit.py", "torch_train.py", "jax_train.py", "async_loop.py"}
+TRAINING = {"keras_fit.py", "torch_train.py", "jax_train.py", "async_loop.py", "from_torch_dataloader.py"}
 
 
 def test_the_documented_examples_exist():
