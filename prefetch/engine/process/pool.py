@@ -62,7 +62,8 @@ class ExitWatch:
         """(ended, exit code — negative for a signal, None when unknown)."""
         raise NotImplementedError
 
-    def kill(self) -> None:
+    def kill(self, wait_for_pid_s: float = 0.0) -> None:
+        """SIGKILL the worker (`wait_for_pid_s`: how long its pid may take to be known)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -98,9 +99,9 @@ class _ServerExit(ExitWatch):
                 self._ended, self._code = True, code
         return self._ended, self._code
 
-    def kill(self) -> None:
+    def kill(self, wait_for_pid_s: float = 0.0) -> None:
         if self.pid is None:  # the server had not said yet: it does at once after forking
-            r, _, _ = select.select([self.sock], [], [], 0.5)
+            r, _, _ = select.select([self.sock], [], [], wait_for_pid_s)
             if r:
                 self.poll()
         if self.pid is not None and not self._ended:
@@ -126,7 +127,7 @@ class _MpExit(ExitWatch):
         code = self.proc.exitcode
         return code is not None, code
 
-    def kill(self) -> None:
+    def kill(self, wait_for_pid_s: float = 0.0) -> None:
         if self.proc.exitcode is None:
             self.proc.kill()
 
@@ -227,7 +228,7 @@ def end_all(workers: list[Worker]) -> None:
         if not pending or phase == "kill":
             break
         for w in pending:
-            w.exit.kill()
+            w.exit.kill(wait_for_pid_s=_KILL_WAIT_S)
         deadline = monotonic() + _KILL_WAIT_S
     for w in workers:
         w.state = State.DEAD
