@@ -23,6 +23,11 @@ global positions `[0, start + count * position)` are consumed on every host toge
 single number is the whole job's progress, whoever saved it. Version 1 states (before `start`
 and `skipped`) still load.
 
+A dataset that shards itself at sample level (`__prefetch_shard__`, e.g. `prefetch.batched`)
+has no global batch order: `position` counts batches of the host's own view, `start` is 0 and
+`num_batches` is the whole dataset's. Such a state resumes mid-epoch only on the same host
+count and `pad` (`resume_point_sampled`); elsewhere only from an epoch boundary.
+
 Example:
     >>> import prefetch
     >>> with prefetch.Loader(list(range(10)), shard=prefetch.Shard(0, 2)) as a:
