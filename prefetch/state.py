@@ -185,7 +185,11 @@ def parse(state: Any, *, num_batches: int | None, shuffle: bool,
     epoch = _int("epoch", state["epoch"], 0, _MAX_EPOCH)
     shard = _shard(state["shard"])
     if part is not None:
-        start = _int("start", state.get("start", 0), 0, 0)
+        start = _int("start", state.get("start", 0), 0, num_batches if num_batches is not None else _MAX_INFINITE)
+        if start:
+            raise StateError("start", f"is {start}: the state resumed an epoch on another host count at batch level, "
+                                      "but this dataset shards itself at sample level (__prefetch_shard__), where "
+                                      "every part starts at 0")
         size = part(shard)
     elif num_batches is None:
         start = _int("start", state.get("start", 0), 0, _MAX_INFINITE)

@@ -97,11 +97,12 @@ def check_union(per_host_ids: list[list[list[int]]], n: int, batch_size: int, co
 
 @PROPERTY
 @given(n=st.integers(0, 60), batch_size=st.integers(1, 9), count=st.integers(1, 5), drop_last=st.booleans(),
-       shuffle=st.booleans(), loader_shuffle=st.booleans(), seed=st.integers(0, 2**32), kind=SOURCES)
+       shuffle=st.booleans(), loader_shuffle=st.booleans(), seed=st.integers(0, 2**32), kind=SOURCES,
+       workers=st.sampled_from([0, 1, 3]))
 def test_sample_level_shards_have_equal_counts_and_cover_every_sample(n, batch_size, count, drop_last, shuffle,
-                                                                      loader_shuffle, seed, kind):
+                                                                      loader_shuffle, seed, kind, workers):
     ds = prefetch.batched(source(kind, n), batch_size, drop_last=drop_last, shuffle=shuffle)
-    loaders = hosts(ds, count, workers=2, seed=seed, shuffle=loader_shuffle)
+    loaders = hosts(ds, count, workers=workers, seed=seed, shuffle=loader_shuffle)  # 0: serial
     try:
         for _epoch in range(2):
             per_host_ids = [epoch_ids(loader) for loader in loaders]
@@ -281,6 +282,9 @@ def test_a_state_from_another_host_count_names_the_shard_field():
         assert info.value.field == "shard"
         single.load_state_dict(boundary)  # epoch 1 from its start, on one host
         assert single.epoch == 1 and sorted(flat(epoch_ids(single))) == list(range(40))
+        with pytest.raises(ValueError, match="sample level") as info:  # a batch-level elastic state
+            single.load_state_dict(dict(boundary, start=4, shard=None))
+        assert info.value.field == "start"
 
 
 @PROPERTY

@@ -237,7 +237,7 @@ def batched(samples: Any, batch_size: int, *, collate: Callable[[list], Any] | N
     torch; when `N` divides the `S` samples, each exactly once. With `drop_last=True` the order
     is cut to a multiple of `N` and each host's last partial batch is dropped: no sample twice.
     `Shard.pad` plays no part (`drop_last` decides). A state saved mid-epoch resumes on the same
-    number of hosts (any host's state, the hosts being at the same step); on another number
+    number of hosts and `pad` (any host's state, the hosts being at the same step); on another number
     only from an epoch boundary (`load_state_dict` raises `ValueError` naming `shard` otherwise).
 
     Process workers get the source pickled once, with the dataset, as for any dataset.
