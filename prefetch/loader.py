@@ -15,12 +15,12 @@ from .engine.executors import executor_factory, is_dask_client
 from .engine.loop import running_loop
 from .engine.runtime import Engine
 from .engine.scheduler import ChunkSizer, EpochRun, Skipped
-from .order import epoch_order, infinite_order, remaining
+from .order import epoch_order, infinite_order, part_size, remaining
 from .shard import Shard
 from .skips import budget, check_max_failures, log_skip
 from .state import VERSION as _STATE_VERSION
 from .state import parse as _parse_state
-from .state import resume_point, shard_key
+from .state import resume_point, resume_point_sampled, shard_key
 from .stats import Stats
 
 B = TypeVar("B")
@@ -64,7 +64,9 @@ class Loader(Generic[B]):
         shuffle: a new batch order every epoch, the same sequence of orders for one `seed`.
         seed: drives `shuffle` and `prefetch.rng()`; random when `None`.
         ordered: deliver in order (True) or as batches complete (False).
-        shard: this host's `prefetch.Shard` of every epoch.
+        shard: this host's `prefetch.Shard` of every epoch. A dataset with a
+            `__prefetch_shard__(shard)` method (`prefetch.batched`) shards itself at sample
+            level: the Loader runs the view it returns (`loader.dataset`), whole.
         start_method: for process workers, `"forkserver"` (default where fork exists:
             prefetch's own fork server, a clean single-threaded process that forks workers),
             `"spawn"` or `"fork"` (only when asked: forking a process that runs JAX or torch
@@ -140,6 +142,12 @@ class Loader(Generic[B]):
             raise ValueError("max_failures as a fraction needs a finite dataset; give an infinite one an int")
         if start_method not in (None, *_START_METHODS):
             raise ValueError(f"start_method must be 'forkserver', 'spawn' or 'fork', got {start_method!r}")
+        # A dataset that shards itself (at sample level: prefetch.batched) gives this host's
+        # view, which the loader reads whole; the shard is still recorded (len, state_dict).
+        self._whole = dataset
+        self._sampled = callable(getattr(type(dataset), "__prefetch_shard__", None))
+        if self._sampled and shard is not None and shard.count > 1:
+            dataset = self._view(shard)
         self.dataset = dataset
         self.workers = 0 if self.serial else workers
         self.max_queue_size = 0 if self.serial else window
@@ -182,9 +190,27 @@ class Loader(Generic[B]):
     def num_batches(self) -> int | None:
         """Batches per epoch for this shard, `None` when the dataset is infinite."""
         n = num_batches_of(self.dataset)
-        if n is None or self.shard is None:
+        if n is None or self._order_shard is None:
             return n
-        return self.shard.size(n)
+        return self._order_shard.size(n)
+
+    @property
+    def _order_shard(self) -> Shard | None:
+        """The shard of the batch order: none when the dataset sharded itself."""
+        return None if self._sampled else self.shard
+
+    def _view(self, shard: Shard | None) -> Any:
+        """The dataset a shard reads of a dataset that shards itself (`__prefetch_shard__`)."""
+        if shard is None or shard.count == 1:
+            return self._whole
+        return type(self._whole).__prefetch_shard__(self._whole, shard)
+
+    def _part_size(self) -> int | None:
+        """Batches of this host's part of the current epoch (`None` when infinite)."""
+        n = num_batches_of(self.dataset)
+        if n is None:
+            return None
+        return part_size(n, self._order_shard, self._start)
 
     def __len__(self) -> int:
         n = self.num_batches
@@ -226,10 +252,10 @@ class Loader(Generic[B]):
             self._next_epoch()
         n = num_batches_of(self.dataset)
         if n is None:
-            order: Any = infinite_order(self.shard, self._start)
+            order: Any = infinite_order(self._order_shard, self._start)
         else:
             order = epoch_order(n, epoch=self._epoch, seed=self.seed, shuffle=self.shuffle,
-                                shard=self.shard, start=self._start).tolist()
+                                shard=self._order_shard, start=self._start).tolist()
         return self._epoch, remaining(order, self._prefix, frozenset(self._seen))
 
     def _next_epoch(self) -> None:
@@ -313,7 +339,7 @@ class Loader(Generic[B]):
             "skipped": sorted(self._skipped),
             "seed": self.seed,
             "shuffle": self.shuffle,
-            "num_batches": num_batches_of(self.dataset),
+            "num_batches": num_batches_of(self._whole),  # of the whole dataset, on every host
             "shard": shard_key(self.shard),
         }
 
@@ -324,9 +350,18 @@ class Loader(Generic[B]):
         host at the same step, the rest of the epoch is re-divided among the new hosts. A
         malformed state, or one for another dataset length or `shuffle`, raises a
         `ValueError` (`prefetch.state.StateError`) naming the field, and changes nothing.
+        A dataset that shards itself at sample level (`prefetch.batched`) resumes mid-epoch
+        only on the same number of hosts; on another, only from an epoch boundary.
         """
-        progress = _parse_state(state, num_batches=num_batches_of(self.dataset), shuffle=self.shuffle)
-        point = resume_point(progress, self.shard)
+        if self._sampled:
+            def part(shard: Shard | None) -> int:
+                return num_batches_of(self._view(shard)) or 0
+
+            progress = _parse_state(state, num_batches=num_batches_of(self._whole), shuffle=self.shuffle, part=part)
+            point = resume_point_sampled(progress, self.shard, part)
+        else:
+            progress = _parse_state(state, num_batches=num_batches_of(self.dataset), shuffle=self.shuffle)
+            point = resume_point(progress, self.shard)
         self._supersede()
         self._cut = False
         self.seed = point.seed

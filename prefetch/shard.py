@@ -15,6 +15,10 @@ class Shard:
     of the order are dropped; with `pad=True` the order wraps around instead, so every
     batch is read and a few are read twice.
 
+    A dataset with a `__prefetch_shard__(shard)` method shards itself instead: the Loader runs
+    the view it returns, whole. `prefetch.batched` does, at sample level (equal sample counts
+    per host, like torch's `DistributedSampler`; there `drop_last`, not `pad`, decides).
+
     Example:
         >>> import prefetch
         >>> loader = prefetch.Loader(list(range(10)), shard=prefetch.Shard(1, 4))

@@ -23,6 +23,11 @@ global positions `[0, start + count * position)` are consumed on every host toge
 single number is the whole job's progress, whoever saved it. Version 1 states (before `start`
 and `skipped`) still load.
 
+A dataset that shards itself at sample level (`__prefetch_shard__`, e.g. `prefetch.batched`)
+has no global batch order: `position` counts batches of the host's own view, `start` is 0 and
+`num_batches` is the whole dataset's. Such a state resumes mid-epoch only on the same host
+count and `pad` (`resume_point_sampled`); elsewhere only from an epoch boundary.
+
 Example:
     >>> import prefetch
     >>> with prefetch.Loader(list(range(10)), shard=prefetch.Shard(0, 2)) as a:
@@ -37,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,9 +150,13 @@ def _shard(value: Any) -> Shard | None:
     return Shard(index, count, _bool("shard", value[2]))
 
 
-def parse(state: Any, *, num_batches: int | None, shuffle: bool) -> Progress:
+def parse(state: Any, *, num_batches: int | None, shuffle: bool,
+          part: Callable[[Shard | None], int] | None = None) -> Progress:
     """Validate `state` for a loader over `num_batches` batches (None: infinite) with
-    `shuffle`; raise `StateError` at the first field that is wrong."""
+    `shuffle`; raise `StateError` at the first field that is wrong.
+
+    `part`, for a dataset that shards itself at sample level (`__prefetch_shard__`): the number
+    of batches the part of a shard holds (its view's length); `start` must then be 0."""
     if not isinstance(state, dict):
         raise StateError("state", f"must be a dict from Loader.state_dict(), got {type(state).__name__}")
     if "version" not in state:
@@ -174,7 +184,14 @@ def parse(state: Any, *, num_batches: int | None, shuffle: bool) -> Progress:
     seed = _int("seed", state["seed"], 0, _MAX_SEED)
     epoch = _int("epoch", state["epoch"], 0, _MAX_EPOCH)
     shard = _shard(state["shard"])
-    if num_batches is None:
+    if part is not None:
+        start = _int("start", state.get("start", 0), 0, num_batches if num_batches is not None else _MAX_INFINITE)
+        if start:
+            raise StateError("start", f"is {start}: the state resumed an epoch on another host count at batch level, "
+                                      "but this dataset shards itself at sample level (__prefetch_shard__), where "
+                                      "every part starts at 0")
+        size = part(shard)
+    elif num_batches is None:
         start = _int("start", state.get("start", 0), 0, _MAX_INFINITE)
         size = _MAX_INFINITE
     else:
@@ -215,11 +232,53 @@ def resume_point(progress: Progress, shard: Shard | None) -> ResumePoint:
     return ResumePoint(progress.epoch, progress.seed, done, 0, frozenset(), frozenset())
 
 
+def resume_point_sampled(progress: Progress, shard: Shard | None, part: Callable[[Shard | None], int]) -> ResumePoint:
+    """Where a loader reading `shard` of a dataset that shards itself at sample level
+    (`__prefetch_shard__`, e.g. `prefetch.batched`) continues from `progress`; `part(shard)` is
+    the number of batches of a shard's part.
 
-def settled(state: dict[str, Any]) -> dict[str, Any]:
+    Such a state counts batches of the host's own part (`start` is always 0). On the same
+    count and `pad` every host's part has the same length and, every host at the same step,
+    any host's position is everyone's: the loader continues at that position (exactly where
+    it stopped on the shard that saved it). On another host count the samples would have to be
+    re-divided mid-epoch, which batches already made cannot be: only a state at an epoch
+    boundary (nothing, or everything, of the epoch consumed) loads; else `StateError("shard")`.
+    """
+    same = shard_key(shard) == shard_key(progress.shard)
+    if same:
+        return ResumePoint(progress.epoch, progress.seed, 0, progress.position,
+                           frozenset(progress.delivered_after), frozenset(progress.skipped))
+    count = 1 if progress.shard is None else progress.shard.count
+    pad = False if progress.shard is None else progress.shard.pad
+    new_count = 1 if shard is None else shard.count
+    new_pad = False if shard is None else shard.pad
+    if not progress.delivered_after:
+        if progress.position == 0:
+            return ResumePoint(progress.epoch, progress.seed, 0, 0, frozenset(), frozenset())
+        if progress.position >= part(progress.shard):  # the whole part read: the epoch is over
+            return ResumePoint(progress.epoch, progress.seed, 0, part(shard), frozenset(), frozenset())
+    if (count, pad) == (new_count, new_pad):  # another host of the same job, at the same step
+        if progress.delivered_after:
+            raise StateError("delivered_after", "is not empty: this host delivered batches out of order "
+                                                "(ordered=False), so the state does not say what the other hosts "
+                                                f"consumed; resume it on the same shard ({shard_key(progress.shard)})")
+        return ResumePoint(progress.epoch, progress.seed, 0, progress.position, frozenset(), frozenset())
+    raise StateError("shard", f"is {shard_key(progress.shard)}: the state was saved mid-epoch (position "
+                              f"{progress.position}) on {count} host(s) with pad={pad}, and this loader's shard is "
+                              f"{shard_key(shard)} ({new_count} host(s), pad={new_pad}); the dataset is sharded at "
+                              "sample level (__prefetch_shard__), and the rest of an epoch cannot be re-divided among "
+                              f"another number of hosts. Resume it with Shard(j, {count}, pad={pad}), or from a state "
+                              "saved at an epoch boundary")
+
+
+
+def settled(state: dict[str, Any], size: int | None = None) -> dict[str, Any]:
     """`state` (from `Loader.state_dict()`), written as the start of the next epoch when every
     batch of its epoch was consumed but the epoch was not ended yet (a framework that stops
     asking at `len(loader)` batches, as Keras does, never asks for the end).
+
+    `size`: the batches of the host's part of the epoch, when the dataset shards itself at
+    sample level (`Loader._part_size()`); by default computed from the state.
 
     Example:
         >>> s = {"version": 2, "epoch": 0, "start": 0, "position": 3, "delivered_after": [], "skipped": [1],
@@ -230,8 +289,9 @@ def settled(state: dict[str, Any]) -> dict[str, Any]:
     n = state.get("num_batches")
     if n is None or state.get("delivered_after"):
         return state
-    raw = state.get("shard")
-    shard = None if raw is None else Shard(*raw)
-    if state["position"] < part_size(n, shard, state.get("start", 0)):
+    if size is None:
+        raw = state.get("shard")
+        size = part_size(n, None if raw is None else Shard(*raw), state.get("start", 0))
+    if state["position"] < size:
         return state
     return dict(state, epoch=state["epoch"] + 1, start=0, position=0, delivered_after=[], skipped=[])

@@ -19,6 +19,7 @@ import prefetch.sources.batching
 import prefetch.sources.cache
 import prefetch.sources.collate
 import prefetch.sources.mixing
+import prefetch.state
 from prefetch.sources import stack
 
 pytestmark = pytest.mark.timeout(120)
@@ -55,30 +56,235 @@ SOURCES = st.sampled_from(["numpy", "list", "rows", "getitems"])
 
 # -- exactness ---------------------------------------------------------------------------------------
 
+def per_host(n: int, batch_size: int, count: int, drop_last: bool) -> tuple[int, int]:
+    """(samples, batches) each of `count` hosts reads per epoch, torch `DistributedSampler`-like."""
+    if drop_last:
+        batches = n // count // batch_size
+        return batches * batch_size, batches
+    samples = -(-n // count)
+    return samples, -(-samples // batch_size)
+
+
+def hosts(ds, count: int, **kwargs) -> list:
+    return [prefetch.Loader(ds, shard=prefetch.Shard(j, count), **kwargs) for j in range(count)]
+
+
+def close_all(loaders) -> None:
+    for loader in loaders:
+        loader.close()
+
+
+def check_union(per_host_ids: list[list[list[int]]], n: int, batch_size: int, count: int, drop_last: bool) -> None:
+    """Equal sample and batch counts per host; across hosts every sample exactly once, except the
+    documented padding duplicates (`drop_last=False`) or cut samples (`drop_last=True`)."""
+    samples, batches = per_host(n, batch_size, count, drop_last)
+    assert [len(host) for host in per_host_ids] == [batches] * count, "the same batches on every host"
+    sizes = [[len(b) for b in host] for host in per_host_ids]
+    assert all(s == sizes[0] for s in sizes), "the same batch sizes on every host"
+    assert [sum(s) for s in sizes] == [samples] * count, "the same samples on every host"
+    assert all(size == batch_size for size in sorted(sizes[0])[1:])  # one smaller batch at most
+    seen = collections.Counter(k for host in per_host_ids for batch in host for k in batch)
+    assert set(seen) <= set(range(n))
+    if drop_last:
+        assert all(c == 1 for c in seen.values()), "no sample twice with drop_last"
+        assert len(seen) == count * samples  # only the remainder of count * batch_size is cut
+    else:
+        assert set(seen) == set(range(n)), "every sample at least once"
+        assert sum(seen.values()) - n == -(-n // count) * count - n, "exactly the padding is read twice"
+        if n % count == 0:
+            assert all(c == 1 for c in seen.values()), "every sample exactly once"
+
+
 @PROPERTY
-@given(n=st.integers(0, 60), batch_size=st.integers(1, 9), count=st.integers(1, 4), drop_last=st.booleans(),
-       shuffle=st.booleans(), loader_shuffle=st.booleans(), seed=st.integers(0, 2**32), kind=SOURCES)
-def test_each_sample_once_per_epoch_across_shards(n, batch_size, count, drop_last, shuffle, loader_shuffle, seed, kind):
+@given(n=st.integers(0, 60), batch_size=st.integers(1, 9), count=st.integers(1, 5), drop_last=st.booleans(),
+       shuffle=st.booleans(), loader_shuffle=st.booleans(), seed=st.integers(0, 2**32), kind=SOURCES,
+       workers=st.sampled_from([0, 1, 3]))
+def test_sample_level_shards_have_equal_counts_and_cover_every_sample(n, batch_size, count, drop_last, shuffle,
+                                                                      loader_shuffle, seed, kind, workers):
     ds = prefetch.batched(source(kind, n), batch_size, drop_last=drop_last, shuffle=shuffle)
-    batches = len(ds)
-    assert batches == (n // batch_size if drop_last else -(-n // batch_size))
-    loaders = [prefetch.Loader(ds, workers=2, seed=seed, shuffle=loader_shuffle, shard=prefetch.Shard(i, count))
-               for i in range(count)]
+    loaders = hosts(ds, count, workers=workers, seed=seed, shuffle=loader_shuffle)  # 0: serial
     try:
         for _epoch in range(2):
-            per_host = [epoch_ids(loader) for loader in loaders]
-            seen = [k for host in per_host for batch in host for k in batch]
-            assert len(seen) == len(set(seen)), "a sample twice in one epoch"
-            assert set(seen) <= set(range(n))
-            assert len({len(host) for host in per_host}) == 1, "the same number of batches on every host"
-            if batches % count == 0:  # no batch left over by sharding: every sample exactly once
-                assert len(seen) == (batches * batch_size if drop_last else n)
-            if drop_last or n % batch_size == 0:  # every batch full: the same number of samples per host
-                assert len({sum(map(len, host)) for host in per_host}) == 1
-            assert all(len(b) == batch_size for host in per_host for b in host if len(b) != n % batch_size)
+            per_host_ids = [epoch_ids(loader) for loader in loaders]
+            check_union(per_host_ids, n, batch_size, count, drop_last)
+            assert [len(loader) for loader in loaders] == [len(host) for host in per_host_ids]
+        assert [loader.state_dict()["shard"] for loader in loaders] == (
+            [None] if count == 1 else [[j, count, False] for j in range(count)])
     finally:
+        close_all(loaders)
+
+
+def test_sample_level_shards_pad_like_torch_distributed_sampler():
+    torch_data = pytest.importorskip("torch.utils.data")
+    n, count, batch_size = 11, 4, 2
+    ds = prefetch.batched(np.arange(n), batch_size)
+    loaders = hosts(ds, count, workers=2, seed=0)
+    try:
+        ours = [flat(b.tolist() for b in loader) for loader in loaders]
+    finally:
+        close_all(loaders)
+    theirs = [list(torch_data.DistributedSampler(range(n), count, j, shuffle=False)) for j in range(count)]
+    assert ours == theirs
+    assert ours == [[0, 4, 8], [1, 5, 9], [2, 6, 10], [3, 7, 0]]
+
+
+@pytest.mark.timeout(240)
+def test_sample_level_shards_on_process_workers_read_what_threads_read(no_leaks):
+    ds = prefetch.batched(RowsWithGetitems(29), 4, shuffle=True)
+    loaders = hosts(ds, 3, workers=2, seed=9)
+    try:
+        threads = [[epoch_ids(loader) for loader in loaders] for _ in range(2)]
+    finally:
+        close_all(loaders)
+    with prefetch.Loader(ds, workers=2, seed=9, executor="process", shard=prefetch.Shard(1, 3)) as loader:
+        processes = [epoch_ids(loader) for _ in range(2)]
+    assert processes == [threads[0][1], threads[1][1]]
+    for epoch in threads:
+        check_union(epoch, 29, 4, 3, False)
+
+
+@PROPERTY
+@given(n=st.integers(24, 80), batch_size=st.integers(1, 6), count=st.integers(2, 4), seed=st.integers(0, 2**32),
+       kind=SOURCES)
+def test_sample_level_shards_get_new_samples_every_epoch_when_shuffled(n, batch_size, count, seed, kind):
+    ds = prefetch.batched(source(kind, n), batch_size, shuffle=True)
+    loaders = hosts(ds, count, workers=2, seed=seed)
+    try:
+        first, second = ([epoch_ids(loader) for loader in loaders] for _ in range(2))
+    finally:
+        close_all(loaders)
+    for host_first, host_second in zip(first, second):
+        assert host_first != host_second
+        assert sorted(flat(host_first)) != sorted(flat(host_second)), "a host reads other samples each epoch"
+
+
+def test_sample_level_shards_draw_their_own_random_numbers():
+    class Noisy:
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, k):
+            return prefetch.rng().integers(2**62)
+
+    ds = prefetch.batched(Noisy(), 2)
+    loaders = hosts(ds, 2, workers=1, seed=1)
+    try:
+        a, b = (flat(b.tolist() for b in loader) for loader in loaders)
+    finally:
+        close_all(loaders)
+    assert not set(a) & set(b), "host 1's batch i does not repeat host 0's draws"
+
+
+def take_epochs(loader, epochs: int, stop: int | None = None) -> list[tuple[int, list[int]]]:
+    """(epoch, ids) of the batches of `epochs` epochs from the loader's current epoch, or the
+    first `stop` of them (then it stops mid-epoch, or at the end of one without ending it)."""
+    got: list[tuple[int, list[int]]] = []
+    epoch = loader.epoch
+    while epoch < epochs and (stop is None or len(got) < stop):
+        for b in loader:
+            got.append((epoch, ids(b)))
+            if len(got) == stop:
+                break
+        else:
+            epoch += 1
+    return got
+
+
+@PROPERTY
+@given(n=st.integers(1, 50), batch_size=st.integers(1, 6), count=st.integers(2, 4), drop_last=st.booleans(),
+       shuffle=st.booleans(), loader_shuffle=st.booleans(), seed=st.integers(0, 2**32), cut=st.floats(0, 1),
+       ordered=st.booleans(), data=st.data())
+def test_sample_level_shard_resumes_exactly_on_the_same_host_count(n, batch_size, count, drop_last, shuffle,
+                                                                  loader_shuffle, seed, cut, ordered, data):
+    saver = data.draw(st.integers(0, count - 1), label="host that saves")
+    other = data.draw(st.integers(0, count - 1), label="another host of the same job")
+
+    def make(j, workers=2, **kwargs):
+        ds = prefetch.batched(Rows(n), batch_size, drop_last=drop_last, shuffle=shuffle)
+        return prefetch.Loader(ds, workers=workers, seed=seed, shuffle=loader_shuffle,
+                               shard=prefetch.Shard(j, count), **kwargs)
+
+    whole = {}
+    for j in {saver, other}:
+        with make(j) as loader:
+            whole[j] = take_epochs(loader, 3)
+    stop = int(cut * len(whole[saver]))
+    with make(saver, ordered=ordered) as loader:
+        got = take_epochs(loader, 3, stop)
+        state = pickle.loads(pickle.dumps(loader.state_dict()))
+    if not ordered:
+        got = sorted(got)
+    with make(saver, workers=3) as resumed:  # the same shard, another worker count
+        resumed.load_state_dict(state)
+        got += take_epochs(resumed, 3)
+    if ordered:
+        assert got == whole[saver]
+    else:
+        assert sorted(got) == sorted(whole[saver])
+    if state["delivered_after"]:
+        return
+    with make(other) as elsewhere:  # another host at the same step loads this host's state
+        elsewhere.load_state_dict(state)
+        tail = take_epochs(elsewhere, 3)
+    assert tail == whole[other][stop:]
+
+
+@PROPERTY
+@given(n=st.integers(1, 50), batch_size=st.integers(1, 6), count=st.integers(1, 4), new_count=st.integers(1, 4),
+       drop_last=st.booleans(), shuffle=st.booleans(), seed=st.integers(0, 2**32), cut=st.floats(0, 1))
+def test_sample_level_shard_resumes_on_another_host_count_only_at_an_epoch_boundary(n, batch_size, count, new_count,
+                                                                                   drop_last, shuffle, seed, cut):
+    ds = prefetch.batched(Rows(n), batch_size, drop_last=drop_last, shuffle=shuffle)
+
+    def make(j, c):
+        return prefetch.Loader(ds, workers=2, seed=seed, shard=prefetch.Shard(j, c))
+
+    with make(0, count) as loader:
+        size = len(loader)
+        stop = int(cut * 2 * size)
+        take_epochs(loader, 2, stop)
+        state = loader.state_dict()
+    position = state["position"]
+    loaders = [make(j, new_count) for j in range(new_count)]
+    fresh = [make(j, new_count) for j in range(new_count)]
+    try:
+        if count != new_count and 0 < position < size:
+            for loader in loaders:
+                with pytest.raises(ValueError, match="shard") as info:
+                    loader.load_state_dict(state)
+                assert info.value.field == "shard"
+                assert loader.epoch == 0 and loader.state_dict()["position"] == 0  # left as it was
+            return
         for loader in loaders:
-            loader.close()
+            loader.load_state_dict(state)
+        if position == size and size:  # every batch consumed, the epoch not ended: nothing of it is left
+            assert all(epoch_ids(loader) == [] for loader in loaders)
+        for _ in range(state["epoch"] + (position == size and size > 0)):
+            for loader in fresh:
+                epoch_ids(loader)
+        if count != new_count or position == 0:  # the next epoch on the new hosts, from its start
+            assert [epoch_ids(loader) for loader in loaders] == [epoch_ids(loader) for loader in fresh]
+    finally:
+        close_all(loaders + fresh)
+
+
+def test_a_state_from_another_host_count_names_the_shard_field():
+    ds = prefetch.batched(np.arange(40), 4, shuffle=True)
+    with prefetch.Loader(ds, seed=2, shard=prefetch.Shard(0, 2)) as loader:
+        it = iter(loader)
+        next(it)
+        mid = loader.state_dict()
+        list(it)
+        boundary = loader.state_dict()
+    with prefetch.Loader(ds, seed=2) as single:
+        with pytest.raises(prefetch.state.StateError, match="cannot be re-divided") as info:
+            single.load_state_dict(mid)
+        assert info.value.field == "shard"
+        single.load_state_dict(boundary)  # epoch 1 from its start, on one host
+        assert single.epoch == 1 and sorted(flat(epoch_ids(single))) == list(range(40))
+        with pytest.raises(ValueError, match="sample level") as info:  # a batch-level elastic state
+            single.load_state_dict(dict(boundary, start=4, shard=None))
+        assert info.value.field == "start"
 
 
 @PROPERTY
@@ -455,3 +661,20 @@ def test_mix_forwards_epoch_hooks():
 def test_documented_examples_run(module):
     result = doctest.testmod(module)
     assert result.attempted and not result.failed
+
+
+def test_a_saved_loader_file_keeps_a_sample_level_shard_mid_epoch(tmp_path):
+    from prefetch.adapters.keras_state import LoaderFile
+
+    # 3 batches in all, but 2 per host of 2: a checkpoint after one batch is mid-epoch.
+    ds = prefetch.batched(np.arange(10), 4, shuffle=True)
+    path = tmp_path / "loader.json"
+    with prefetch.Loader(ds, seed=3, shard=prefetch.Shard(1, 2)) as loader:
+        uninterrupted = epoch_ids(loader)
+    with prefetch.Loader(ds, seed=3, shard=prefetch.Shard(1, 2)) as loader:
+        first = [ids(b) for b in itertools.islice(loader, 1)]  # then the job is preempted
+        LoaderFile(loader, path).save()
+    with prefetch.Loader(ds, shard=prefetch.Shard(1, 2)) as resumed:
+        assert LoaderFile(resumed, path).restore()
+        assert resumed.epoch == 0
+        assert first + epoch_ids(resumed) == uninterrupted

@@ -56,7 +56,7 @@ class LoaderFile:
 
     def save(self) -> None:
         """Write the loader's state; a crash while writing leaves the previous file whole."""
-        state = settled(self.loader.state_dict())
+        state = settled(self.loader.state_dict(), self.loader._part_size())
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".prefetch_loader.", suffix=".tmp")

@@ -247,6 +247,10 @@ def mix(datasets: Sequence[Any], weights: Sequence[float] | None = None, *, seed
     the dataset's own batch index and epoch. `on_epoch_begin`/`on_epoch_end` reach every
     dataset. Outside a Loader, a mix is epoch 0 of its seed (0 when `None`).
 
+    With `Loader(shard=Shard(j, N))` a mix is sharded at batch level, as any dataset: host `j`
+    reads every N-th *mixed* batch, and the datasets inside are not sharded themselves (a
+    `batched` source inside a mix is not split at sample level).
+
     Example:
         >>> import prefetch
         >>> a, b = ["a"] * 6, ["b"] * 3
