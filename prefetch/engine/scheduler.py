@@ -39,7 +39,12 @@ class ChunkSizer:
         if not self.enabled or self.latency is None:
             return 1
         want = int(self.target / max(self.latency, 1e-7))
-        share = max(1, window // (2 * max(1, self.executor.workers)))
+        workers = max(1, self.executor.workers)
+        share = max(1, window // (2 * workers))  # two jobs per worker: one runs, one waits
+        if share * self.latency < self.executor.job_overhead:
+            # Batches so cheap that even two queued jobs cannot hide a round trip: fewer,
+            # larger jobs (a worker's whole share of the window) cost less than the overlap.
+            share = max(1, window // workers)
         return max(1, min(want, share, free))
 
 
