@@ -1,0 +1,112 @@
+"""`Loader(timeout=...)`: a stuck `__getitem__` fails its batch with `prefetch.BatchTimeout`
+(naming the batch, the worker and the stuck line) within the timeout plus a second, the
+loader stays usable, and nothing is left behind."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from timeout_datasets import RELEASE, AsyncStuckAt, StuckAt
+
+import prefetch
+
+EXECUTORS = ["thread", "process", "async"]
+
+
+@pytest.fixture
+def release():
+    """Let a thread stuck in this process return once the test is over (it was abandoned)."""
+    RELEASE.clear()
+    yield
+    RELEASE.set()
+
+
+def _dataset(executor: str, n: int, stuck: int, **kwargs):
+    return (AsyncStuckAt if executor == "async" else StuckAt)(n, stuck, **kwargs)
+
+
+def _loader(executor: str, ds, **kwargs):
+    return prefetch.Loader(ds, executor=None if executor == "async" else executor, **kwargs)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_stuck_batch_times_out_naming_batch_worker_and_line(executor, tmp_path, no_leaks, release):
+    ds = _dataset(executor, 8, stuck=3, flag=str(tmp_path / "stuck-once"))
+    with _loader(executor, ds, workers=2, timeout=1) as loader:
+        got = []
+        t0 = time.monotonic()
+        with pytest.raises(prefetch.BatchTimeout) as info:
+            for b in loader:
+                got.append(b)
+        waited = time.monotonic() - t0
+        assert got == [0, 1, 2]
+        assert waited <= 2.0, waited
+        err = info.value
+        assert isinstance(err, TimeoutError)
+        assert err.index == 3 and err.timeout_s == 1.0
+        assert "batch 3" in str(err)
+        assert err.worker and err.worker in str(err)
+        kind = {"thread": "thread prefetch-thread-", "process": "process worker ", "async": "coroutine"}[executor]
+        assert kind in err.worker
+        assert err.stack is not None
+        line = "await asyncio.sleep(3600)" if executor == "async" else "time.sleep(0.05)"
+        assert line in err.stack, err.stack
+        assert "timeout_datasets.py" in str(err)  # the message names where it is stuck
+        # the loader stays usable: the next epoch is whole (batch 3 is stuck only once)
+        assert list(loader) == list(range(8))
+        assert list(loader) == list(range(8))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_with_max_failures_the_stuck_batch_is_skipped(executor, no_leaks, release, caplog):
+    ds = _dataset(executor, 10, stuck=4)  # stuck every time
+    with _loader(executor, ds, workers=2, timeout=1, max_failures=1) as loader:
+        t0 = time.monotonic()
+        assert list(loader) == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+        assert time.monotonic() - t0 < 4
+        assert loader.stats.skipped == 1
+        assert "skipped batch 4 of epoch 0 after BatchTimeout" in caplog.text
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_slow_batch_under_the_timeout_is_not_affected(executor, no_leaks, release):
+    ds = _dataset(executor, 6, stuck=-1, slow=0.4)
+    with _loader(executor, ds, workers=2, timeout=1, max_queue_size=4) as loader:
+        for _ in range(2):
+            assert list(loader) == list(range(6))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_breaking_out_while_a_batch_is_stuck_leaves_the_next_epoch_whole(executor, tmp_path, no_leaks, release):
+    ds = _dataset(executor, 6, stuck=2, flag=str(tmp_path / "stuck-once"))
+    with _loader(executor, ds, workers=1, timeout=1, max_queue_size=3) as loader:
+        for b in loader:
+            break  # batch 2 is stuck on the only worker
+        t0 = time.monotonic()
+        assert list(loader) == list(range(6))
+        assert time.monotonic() - t0 < 4
+
+
+@pytest.mark.parametrize("bad", [0, -1, "1", True, float("nan"), float("inf")])
+def test_bad_timeouts_are_rejected_up_front(bad):
+    with pytest.raises((TypeError, ValueError), match="timeout"):
+        prefetch.Loader(list(range(4)), timeout=bad)
+
+
+def test_timeout_is_rejected_in_serial_mode():
+    with pytest.raises(ValueError, match="timeout needs workers"):
+        prefetch.Loader(list(range(4)), workers=0, timeout=1)
+
+
+def test_batch_timeout_pickles():
+    import pickle
+
+    err = prefetch.errors.batch_timeout(3, "thread x", 1.0, 'Stack:\n  File "a.py", line 2, in f\n    g()\n')
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.index, back.worker, back.timeout_s, back.stack) == (3, "thread x", 1.0, err.stack)
+    assert str(back) == str(err) and "a.py:2 in f: g()" in str(err)
