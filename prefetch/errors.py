@@ -71,20 +71,27 @@ def batch_timeout(index: int, worker: str, timeout_s: float, stack: str | None) 
 
 
 def _innermost(stack: str) -> str:
-    """'file:line in fn: source' of the last frame of a traceback-style stack text."""
+    """'file:line in fn: source' of the innermost frame of a traceback-style stack text that
+    is not in the standard library or prefetch (the innermost of all if every one is)."""
+    import os
+    import sysconfig
+
+    skip = tuple({os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib", "platstdlib")}
+                 | {os.path.dirname(os.path.realpath(__file__)) + os.sep})
     lines = stack.rstrip().splitlines()
+    fallback = ""
     for k in range(len(lines) - 1, -1, -1):
-        line = lines[k].strip()
-        if line.startswith("File "):
-            m = re.match(r'File "(.*)", line (\d+), in (.*)', line)
-            if m is None:
-                return line
-            text = f"{m.group(1)}:{m.group(2)} in {m.group(3)}"
-            source = lines[k + 1].strip() if k + 1 < len(lines) else ""
-            if source and not source.startswith(("File ", "Thread ", "Current thread ")):
-                text += f": {source}"
+        m = re.match(r'\s*File "(.*)", line (\d+), in (.*)', lines[k])
+        if m is None:
+            continue
+        text = f"{m.group(1)}:{m.group(2)} in {m.group(3)}"
+        source = lines[k + 1].strip() if k + 1 < len(lines) else ""
+        if source and not re.match(r'(File "|Thread |Current thread |Stack )', source):
+            text += f": {source}"
+        if not os.path.realpath(m.group(1)).startswith(skip):
             return text
-    return ""
+        fallback = fallback or text
+    return fallback
 
 
 def describe_exit(exitcode: int | None) -> str:
