@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import deque
 import traceback
+from collections import deque
 from typing import Any, Callable
 
 from ..jobs import Failure, Job, JobOwner
