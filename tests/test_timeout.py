@@ -110,3 +110,30 @@ def test_batch_timeout_pickles():
     back = pickle.loads(pickle.dumps(err))
     assert (back.index, back.worker, back.timeout_s, back.stack) == (3, "thread x", 1.0, err.stack)
     assert str(back) == str(err) and "a.py:2 in f: g()" in str(err)
+
+
+@pytest.mark.timeout(60)
+def test_a_concurrent_futures_pool_fails_the_batch_without_a_stack(no_leaks, release):
+    import concurrent.futures as cf
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        with prefetch.Loader(StuckAt(6, 2), executor=pool, timeout=0.5, max_queue_size=3) as loader:
+            t0 = time.monotonic()
+            with pytest.raises(prefetch.BatchTimeout, match="batch 2 ran longer than timeout=0.5 s") as info:
+                list(loader)
+            assert time.monotonic() - t0 < 2
+            assert info.value.index == 2 and info.value.stack is None
+            assert "ThreadPoolExecutor" in info.value.worker
+        RELEASE.set()  # the pool's thread is still inside the call: let it return before the pool shuts down
+
+
+@pytest.mark.timeout(90)
+def test_dask_fails_the_batch_once_the_cluster_stops_making_progress(no_leaks, release):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
+        with prefetch.Loader(StuckAt(6, 2), executor=client, timeout=1, max_failures=1,
+                             max_queue_size=3) as loader:
+            assert list(loader) == [0, 1, 3, 4, 5]
+            assert loader.stats.skipped == 1
+        RELEASE.set()
