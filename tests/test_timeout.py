@@ -54,6 +54,12 @@ def test_a_stuck_batch_times_out_naming_batch_worker_and_line(executor, tmp_path
         line = "await asyncio.sleep(3600)" if executor == "async" else "time.sleep(0.05)"
         assert line in err.stack, err.stack
         assert "timeout_datasets.py" in str(err)  # the message names where it is stuck
+        if executor == "process":  # the stuck worker was killed (and replaced)
+            pid = int(err.worker.split()[-1])
+            deadline = time.monotonic() + 2
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not _alive(pid)
         # the loader stays usable: the next epoch is whole (batch 3 is stuck only once)
         assert list(loader) == list(range(8))
         assert list(loader) == list(range(8))
@@ -90,6 +96,26 @@ def test_breaking_out_while_a_batch_is_stuck_leaves_the_next_epoch_whole(executo
         t0 = time.monotonic()
         assert list(loader) == list(range(6))
         assert time.monotonic() - t0 < 4
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_a_stuck_batch_inside_a_job_of_several_cheap_batches(executor, no_leaks, release):
+    # Cheap batches travel several to a job: the ones before the stuck batch in its job run
+    # again elsewhere, the ones after it too, and each arrives once, in order.
+    n, stuck = 400, 300
+    with prefetch.Loader(StuckAt(n, stuck), executor=executor, workers=2, timeout=1, max_failures=1,
+                         max_queue_size=64) as loader:
+        assert list(loader) == [i for i in range(n) if i != stuck]
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.mark.parametrize("bad", [0, -1, "1", True, float("nan"), float("inf")])

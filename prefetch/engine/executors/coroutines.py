@@ -125,6 +125,8 @@ class CoroutineExecutor(Executor):
                 if len(self._jobs) > 1:
                     self._wake_or_spawn()  # more queued than this worker can take
         finally:
+            self._started.pop(me, None)
+            self._timed_out.pop(me, None)
             running = tasks.pop(me, None)
             if running is not None:  # cancelled mid-job by close/unbind: still account for it
                 self.report(running, [], None, 0.0)

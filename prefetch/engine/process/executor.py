@@ -129,7 +129,7 @@ class ProcessExecutor(Executor):
         live = [w for w in self._workers if w.state in W.LIVE]
         missing = self.workers - sum(_takes_jobs(w) for w in live)
         for w in live:  # a worker asked to retire that is still running is taken back first
-            if missing > 0 and w.state is W.State.RETIRING:
+            if missing > 0 and w.state is W.State.RETIRING and w.timed_out is None:
                 w.state = W.State.READY
                 missing -= 1
         # A slot is a worker's control-block entry and its random-seed stream: one per process.
@@ -444,18 +444,18 @@ class ProcessExecutor(Executor):
         except ProcessLookupError:
             w.exit.kill()
             return
-        assert self.loop is not None
-        self.loop.call_later(_STACK_STEP_S, self._read_stack, w, started_ns, monotonic() + _STACK_WAIT_S, -1)
+        loop = self.loop
+        assert loop is not None
+        loop.call_later(_STACK_STEP_S, self._read_stack, loop, w, started_ns, monotonic() + _STACK_WAIT_S, -1)
 
-    def _read_stack(self, w: W.Worker, started_ns: int, deadline: float, last_size: int) -> None:
+    def _read_stack(self, loop: Any, w: W.Worker, started_ns: int, deadline: float, last_size: int) -> None:
         timed, control = w.timed_out, self.control
-        if timed is None or w.state is W.State.DEAD or w.stack_fd < 0:
-            return
+        if timed is None or w.state is W.State.DEAD or w.stack_fd < 0 or loop is not self.loop:
+            return  # (moved to another loop meanwhile: `bind` killed it)
         size = os.fstat(w.stack_fd).st_size
         done = (size > 0 and size == last_size) or monotonic() >= deadline
         if not done:
-            assert self.loop is not None
-            self.loop.call_later(_STACK_STEP_S, self._read_stack, w, started_ns, deadline, size)
+            loop.call_later(_STACK_STEP_S, self._read_stack, loop, w, started_ns, deadline, size)
             return
         if (control is not None and control.slots is not None and control.started is not None
                 and (int(control.slots[w.slot]), int(control.started[w.slot])) != (timed.index, started_ns)):
