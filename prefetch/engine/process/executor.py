@@ -21,6 +21,7 @@ through shared memory, crash isolation.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import itertools
 import linecache
@@ -448,7 +449,7 @@ class ProcessExecutor(Executor):
         assert loop is not None
         loop.call_later(_STACK_STEP_S, self._read_stack, loop, w, started_ns, monotonic() + _STACK_WAIT_S, -1)
 
-    def _read_stack(self, loop: Any, w: W.Worker, started_ns: int, deadline: float, last_size: int) -> None:
+    def _read_stack(self, loop: asyncio.AbstractEventLoop, w: W.Worker, started_ns: int, deadline: float, last_size: int) -> None:
         timed, control = w.timed_out, self.control
         if timed is None or w.state is W.State.DEAD or w.stack_fd < 0 or loop is not self.loop:
             return  # (moved to another loop meanwhile: `bind` killed it)
