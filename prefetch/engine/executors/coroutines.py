@@ -87,7 +87,7 @@ class CoroutineExecutor(Executor):
     async def _worker(self) -> None:
         me = asyncio.current_task()
         assert me is not None
-        jobs, tasks, parked, dataset, loop = self._jobs, self._tasks, self._parked, self.dataset, self.loop
+        jobs, tasks, parked, loop = self._jobs, self._tasks, self._parked, self.loop
         try:
             while True:
                 if self._tasks is not tasks:

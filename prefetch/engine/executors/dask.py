@@ -41,9 +41,8 @@ import pickle
 import queue
 import threading
 import warnings
-from typing import Any
-
 from time import monotonic
+from typing import Any
 
 from ...errors import WorkerError, annotate, batch_timeout
 from ..fingerprint import fingerprint
