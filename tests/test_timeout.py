@@ -56,6 +56,13 @@ def test_a_stuck_batch_times_out_naming_batch_worker_and_line(executor, tmp_path
         line = "await asyncio.sleep(3600)" if executor == "async" else "time.sleep(0.05)"
         assert line in err.stack, err.stack
         assert "timeout_datasets.py" in str(err)  # the message names where it is stuck
+        if executor == "thread":  # abandoned (Python cannot stop it), out of the pool, replaced
+            import threading
+
+            names = [t.name for t in threading.enumerate()]
+            assert f"prefetch-abandoned-{err.worker.split('prefetch-')[-1]}" in names
+            ex = loader._engine.executor
+            assert len(ex._threads) == 2 and all(t.name.startswith("prefetch-thread-") for t in ex._threads)
         if executor == "process":  # the stuck worker was killed (and replaced)
             pid = int(err.worker.split()[-1])
             deadline = time.monotonic() + 2
@@ -109,6 +116,15 @@ def test_a_stuck_batch_inside_a_job_of_several_cheap_batches(executor, no_leaks,
     with prefetch.Loader(StuckAt(n, stuck), executor=executor, workers=2, timeout=1, max_failures=1,
                          max_queue_size=64) as loader:
         assert list(loader) == [i for i in range(n) if i != stuck]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_process_timeout_with_other_start_methods(start_method, no_leaks, release):
+    with prefetch.Loader(StuckAt(6, 2), executor="process", workers=1, timeout=1, max_failures=1,
+                         start_method=start_method) as loader:
+        assert list(loader) == [0, 1, 3, 4, 5]
+        assert loader.stats.skipped == 1
 
 
 def _alive(pid: int) -> bool:
