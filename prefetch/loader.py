@@ -92,9 +92,10 @@ class Loader(Generic[B]):
             (Python cannot stop it: it lives on, as a daemon thread, until its call returns;
             its result is dropped) and replaced, a coroutine is cancelled. A `concurrent.futures`
             pool or a dask cluster only fails the batch and drops its late result (no stack,
-            nothing stopped; dask counts from submission). Not with `workers=0` (serial), and
-            not for the opt-in `warm_start` batches. A timed-out batch counts as a failure
-            for `max_failures`. `None` (default): no limit.
+            nothing stopped; dask, which does not say when a task starts, counts from its
+            submission or from the last task that finished, whichever is later). Not with
+            `workers=0` (serial), and not for the opt-in `warm_start` batches. A timed-out batch
+            counts as a failure for `max_failures`. `None` (default): no limit.
         max_failures: failing batches (an exception in `__getitem__`, a timeout, a dead worker) each
             epoch may skip instead of raising: an int, or a float fraction of the epoch's
             batches. Each skip is logged (logger "prefetch"), counted in `stats.skipped` and

@@ -87,7 +87,8 @@ class CoroutineExecutor(Executor):
     async def _worker(self) -> None:
         me = asyncio.current_task()
         assert me is not None
-        jobs, tasks, parked, loop = self._jobs, self._tasks, self._parked, self.loop
+        jobs, tasks, parked, dataset, loop = self._jobs, self._tasks, self._parked, self.dataset, self.loop
+        watched = self._watchdog is not None
         try:
             while True:
                 if self._tasks is not tasks:
@@ -105,9 +106,10 @@ class CoroutineExecutor(Executor):
                 try:
                     owner = job.owner
                     # Each worker task has its own context: a batch's rng() is its alone.
-                    values, failure, _ = await arun_items(self._producer(me), job.items, job.seed, job.epoch,
-                                                          _WHERE, lambda: owner.cancelled)
-                    if self._timed_out.pop(me, None) is not None and sys.version_info >= (3, 11):
+                    produce = self._producer(me) if watched else dataset.__getitem__
+                    values, failure, _ = await arun_items(produce, job.items, job.seed, job.epoch, _WHERE,
+                                                          lambda: owner.cancelled)
+                    if watched and self._timed_out.pop(me, None) is not None and sys.version_info >= (3, 11):
                         me.uncancel()  # the batch caught our cancel and returned after all: keep it
                 except asyncio.CancelledError:
                     timed_out = self._timed_out.pop(me, None)
@@ -119,7 +121,8 @@ class CoroutineExecutor(Executor):
                     values, failure = [], None
                     if timed_out is not None and not job.owner.cancelled:
                         failure = self._timeout_failure(me, job, *timed_out)
-                self._started.pop(me, None)
+                if watched:
+                    self._started.pop(me, None)
                 tasks[me] = None
                 self.report(job, values, failure, perf_counter() - t0)
                 if len(self._jobs) > 1:
@@ -133,9 +136,8 @@ class CoroutineExecutor(Executor):
 
     # -- timeout ----------------------------------------------------------------------------------
     def _producer(self, me: asyncio.Task) -> Any:
+        """`__getitem__`, noting when each call starts (for the watchdog)."""
         getitem = self.dataset.__getitem__
-        if self._watchdog is None:
-            return getitem
         started, count = self._started, itertools.count()
 
         def produce(index: int) -> Any:
