@@ -189,11 +189,12 @@ class ThreadExecutor(Executor):
             job, k = slot.job, slot.k
             if job is None or k < 0 or now - slot.started <= timeout_s:
                 continue
-            with self._watch_lock:
-                if slot.job is not job or slot.abandoned:
+            with self._watch_lock:  # again, where the thread cannot finish the job meanwhile
+                k, elapsed = slot.k, now - slot.started
+                if slot.job is not job or slot.abandoned or k < 0 or elapsed <= timeout_s:
                     continue  # it finished just now
                 slot.abandoned = True
-            self._abandon(slot, job, k, now - slot.started)
+            self._abandon(slot, job, k, elapsed)
         return self._busy > 0
 
     def _abandon(self, slot: _Slot, job: Job, k: int, elapsed: float) -> None:

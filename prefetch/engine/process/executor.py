@@ -465,7 +465,8 @@ class ProcessExecutor(Executor):
             os.ftruncate(w.stack_fd, 0)
             self._dispatch()
             return
-        text = os.pread(w.stack_fd, size, 0).decode("utf-8", "replace") if size else ""
+        # (NULs: a file truncated after an earlier dump is written on at the old offset)
+        text = os.pread(w.stack_fd, size, 0).decode("utf-8", "replace").replace("\x00", "") if size else ""
         timed.stack = _python_stack(text) if text else (
             f"(worker process {w.pid} wrote no stack within {_STACK_WAIT_S:g} s of SIGUSR1)")
         w.exit.kill()  # its exit reports the batch (see _on_exit / _death_error)
