@@ -11,6 +11,8 @@ from timeout_datasets import RELEASE, AsyncStuckAt, StuckAt
 
 import prefetch
 
+pytestmark = pytest.mark.timeout(60)  # a stuck batch must never hang the suite
+
 EXECUTORS = ["thread", "process", "async"]
 
 
