@@ -19,7 +19,7 @@ Example:
 from typing import TYPE_CHECKING, Any
 
 from .dataset import PyDataset
-from .errors import WorkerError
+from .errors import BatchTimeout, WorkerError
 from .shard import Shard
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .sources import batched, mix
     from .stats import Stats
 
-__all__ = ["Loader", "PyDataset", "Shard", "Stats", "WorkerError", "batched", "empty", "mix", "rng"]
+__all__ = ["BatchTimeout", "Loader", "PyDataset", "Shard", "Stats", "WorkerError", "batched", "empty", "mix", "rng"]
 __version__ = "0.1.0"
 
 

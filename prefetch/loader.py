@@ -34,6 +34,17 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+def _check_timeout(value: Any) -> float | None:
+    """`timeout`: None, or a positive, finite number of seconds."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds > 0 or None, got {value!r}")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"timeout must be a number of seconds > 0 (and finite), got {value!r}")
+    return float(value)
+
+
 def _is_zero(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value == 0
 
@@ -76,7 +87,18 @@ class Loader(Generic[B]):
             (from a private copy of the dataset). The first batch comes sooner, but a crash in
             those `__getitem__` calls (a segfaulting decoder) takes this process down: off by
             default, so every batch runs isolated in a worker.
-        max_failures: failing batches (an exception in `__getitem__`, a dead worker) each
+        timeout: seconds one `__getitem__` call may run (counted from when it starts, not
+            while it waits in the queue); past it the batch fails with `prefetch.BatchTimeout`
+            (a `TimeoutError`) naming the batch, the worker and its stack where it is stuck, and
+            the loader goes on: a process worker is killed and replaced, a thread is abandoned
+            (Python cannot stop it: it lives on, as a daemon thread, until its call returns;
+            its result is dropped) and replaced, a coroutine is cancelled. A `concurrent.futures`
+            pool or a dask cluster only fails the batch and drops its late result (no stack,
+            nothing stopped; dask, which does not say when a task starts, counts from its
+            submission or from the last task that finished, whichever is later). Not with
+            `workers=0` (serial), and not for the opt-in `warm_start` batches. A timed-out batch
+            counts as a failure for `max_failures`. `None` (default): no limit.
+        max_failures: failing batches (an exception in `__getitem__`, a timeout, a dead worker) each
             epoch may skip instead of raising: an int, or a float fraction of the epoch's
             batches. Each skip is logged (logger "prefetch"), counted in `stats.skipped` and
             recorded in `state_dict()`; the next failure past the budget is raised.
@@ -91,7 +113,8 @@ class Loader(Generic[B]):
     def __init__(self, dataset: Any, *, workers: int | str | None = None, use_multiprocessing: bool | None = None,
                  max_queue_size: int | None = None, executor: Any = None, shuffle: bool = False,
                  seed: int | None = None, ordered: bool = True, shard: Shard | None = None,
-                 start_method: str | None = None, warm_start: bool = False, max_failures: float = 0):
+                 start_method: str | None = None, warm_start: bool = False, timeout: float | None = None,
+                 max_failures: float = 0):
         info = inspect_dataset(dataset)
         if workers is None:
             workers = info.workers
@@ -137,6 +160,10 @@ class Loader(Generic[B]):
             seed = secrets.randbits(63)
         elif isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
+        timeout_s = _check_timeout(timeout)
+        if timeout_s is not None and self.serial:
+            raise ValueError("timeout needs workers >= 1: with workers=0 / max_queue_size=0 each batch is made in "
+                             "the calling thread, which nothing can interrupt")
         max_failures = check_max_failures(max_failures)
         if isinstance(max_failures, float) and info.num_batches is None:
             raise ValueError("max_failures as a fraction needs a finite dataset; give an infinite one an int")
@@ -157,6 +184,7 @@ class Loader(Generic[B]):
         self.ordered = bool(ordered)
         self.shard = shard
         self.max_failures = max_failures
+        self.timeout = timeout_s
         self.stats = Stats(workers)
         # Whether each pass calls the dataset's on_epoch_begin / on_epoch_end; to_keras turns
         # it off because Keras calls them itself, once per Keras epoch.
@@ -178,7 +206,7 @@ class Loader(Generic[B]):
             self._finalizer = weakref.finalize(self, _nothing)
             return
         make = executor_factory(self.executor, dataset, workers, window=window, is_async=info.is_async,
-                                start_method=start_method, warm_start=bool(warm_start))
+                                start_method=start_method, warm_start=bool(warm_start), timeout_s=timeout_s)
         self._engine = Engine(make)
         self._engine.start_early()  # process workers boot while the caller builds its model
         # The engine never refers back to the loader, so a dropped loader is collected and

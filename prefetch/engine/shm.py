@@ -284,16 +284,21 @@ def decode(data: bytes, seg: Segment | None, placed: list, release: Callable[[Se
 
 
 class ControlBlock:
-    """One int64 per worker slot, shared: the batch index each worker is inside of (-1: none),
-    so a worker that dies names the batch it died on without any message.
+    """Two int64 per worker slot, shared: the batch index each worker is inside of (-1: none),
+    so a worker that dies names the batch it died on without any message; and when that
+    `__getitem__` began (`time.monotonic_ns()`, system-wide on Linux), so the main process
+    can tell a batch past its timeout. A worker writes `started` before `slots`: a reader
+    that sees an index sees that batch's start time (or a later one).
 
     The creator keeps `fd` (to hand to workers started later); a worker maps it and closes its copy.
     """
 
     def __init__(self, slots: int, fd: int | None = None):
-        self.size = max(_PAGE, slots * 8)
+        self.size = max(_PAGE, slots * 16)
         self.fd = anonymous_fd("prefetch-control", self.size) if fd is None else fd
-        self.slots: np.ndarray | None = map_fd(self.fd, self.size).view(np.int64)
+        words = map_fd(self.fd, self.size).view(np.int64)
+        self.slots: np.ndarray | None = words[:slots]
+        self.started: np.ndarray | None = words[slots:2 * slots]
         if fd is None:
             self.slots[:] = -1
         else:
@@ -304,4 +309,4 @@ class ControlBlock:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        self.slots = None
+        self.slots = self.started = None

@@ -19,20 +19,22 @@ def is_dask_client(obj: Any) -> bool:
 
 
 def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_async: bool,
-                     start_method: str | None, warm_start: bool = False) -> Callable[[], Executor]:
+                     start_method: str | None, warm_start: bool = False,
+                     timeout_s: float | None = None) -> Callable[[], Executor]:
     """A zero-argument constructor for the executor a Loader asked for.
 
+    `timeout_s`: a batch running longer fails with `prefetch.BatchTimeout` (None: no limit).
     Attributes on it tell the engine when to call it: `eager` (cheap to start, and starting
     early pays: right away), `blocks` (slow to start: on a background thread, right away).
     """
     if is_async:
         from .coroutines import CoroutineExecutor
 
-        return lambda: CoroutineExecutor(dataset, workers)
+        return lambda: CoroutineExecutor(dataset, workers, timeout_s=timeout_s)
     if kind == "thread":
         from .threads import ThreadExecutor
 
-        return lambda: ThreadExecutor(dataset, workers)
+        return lambda: ThreadExecutor(dataset, workers, timeout_s=timeout_s)
     if kind == "process":
         from ..process import ProcessExecutor, Snapshot
 
@@ -40,19 +42,19 @@ def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_a
 
         def make() -> Executor:
             return ProcessExecutor(dataset, workers, snapshot, window=window, start_method=start_method,
-                                   warm_start=warm_start)
+                                   warm_start=warm_start, timeout_s=timeout_s)
 
         make.eager = True  # type: ignore[attr-defined]  # start() returns at once; workers load on their own
         return make
     if isinstance(kind, cf.Executor):
         from .futures import FuturesExecutor
 
-        return lambda: FuturesExecutor(dataset, kind, workers)
+        return lambda: FuturesExecutor(dataset, kind, workers, timeout_s=timeout_s)
     if is_dask_client(kind):
         from .dask import DaskExecutor
 
         def make_dask() -> Executor:
-            return DaskExecutor(dataset, kind, workers)
+            return DaskExecutor(dataset, kind, workers, timeout_s=timeout_s)
 
         make_dask.blocks = True  # type: ignore[attr-defined]
         return make_dask

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import traceback
 from collections import deque
 from typing import Any, Callable
 
 from ..jobs import Failure, Job, JobOwner
 
-__all__ = ["Executor", "Failure", "Job", "JobOwner", "LoopPoster"]
+__all__ = ["Executor", "Failure", "Job", "JobOwner", "LoopPoster", "Watchdog", "format_frames"]
 
 
 class Executor:
@@ -140,3 +141,38 @@ class LoopPoster:
             # Reports parked for a loop that is gone (a closed asyncio.run) move to this one.
             self._scheduled = True
             self._schedule(loop)
+
+
+class Watchdog:
+    """Calls `check()` on the executor's loop every `period_s` (a quarter of the batch
+    timeout) for as long as `check()` says work is still running: a loop timer, armed by
+    the executor when it starts work, never a busy loop and never a blocking call.
+    """
+
+    def __init__(self, timeout_s: float, check: Callable[[], bool]):
+        self.timeout_s = timeout_s
+        self.period_s = max(0.01, timeout_s / 4)
+        self._check = check
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """On the loop's thread: make sure a check is coming."""
+        if self._handle is None and loop is not None and not loop.is_closed():
+            self._handle = loop.call_later(self.period_s, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = None
+        if self._check():
+            self.arm(loop)
+
+    def disarm(self) -> None:
+        """On the loop's thread (or with that loop stopped)."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
+
+
+def format_frames(frames: list) -> str:
+    """Frames (oldest first) as a traceback's text, most recent call last, with source lines."""
+    summary = traceback.StackSummary.extract(((f, f.f_lineno) for f in frames), lookup_lines=True)
+    return "Stack (most recent call last):\n" + "".join(summary.format())

@@ -41,11 +41,12 @@ import pickle
 import queue
 import threading
 import warnings
+from time import monotonic
 from typing import Any
 
-from ...errors import WorkerError, annotate
+from ...errors import WorkerError, annotate, batch_timeout
 from ..fingerprint import fingerprint
-from .base import Executor, Failure, Job, LoopPoster
+from .base import Executor, Failure, Job, LoopPoster, Watchdog
 from .threads import run_remote
 
 #: how often one batch may lose its dataset copy (a dying single-worker cluster) before it fails
@@ -110,10 +111,20 @@ class DaskExecutor(Executor):
     in_process = False  # stale tasks of an aborted epoch are discarded, never waited for
     job_overhead = 2e-3
 
-    def __init__(self, dataset: Any, client: Any, workers: int):
+    def __init__(self, dataset: Any, client: Any, workers: int, *, timeout_s: float | None = None):
         super().__init__(workers)
         self.dataset = dataset
         self.client = client
+        # Batch timeout: dask does not say when a task starts, so a task's clock runs from
+        # its submission or from the last task that finished, whichever is later — a queue
+        # of tasks behind busy workers does not time out while the cluster makes progress.
+        # A task past it fails with BatchTimeout (no stack) and is cancelled; a dask worker
+        # thread inside it cannot be stopped and stays busy until the call returns.
+        self.timeout_s = timeout_s
+        self._watchdog = None if timeout_s is None else Watchdog(timeout_s, self._check_timeouts)
+        self._submitted: dict[Any, float] = {}  # job future -> when it was submitted
+        self._progress = monotonic()  # when a task last finished
+        self._abandoned: set[Any] = set()  # futures that timed out: what they report later is dropped
 
         self._prints: Any = None  # fingerprint of the dataset last sent
         self._remote: Any = None  # the dataset's Future on the cluster (scattered, or a task once re-sent)
@@ -178,6 +189,12 @@ class DaskExecutor(Executor):
     def bind(self, loop) -> None:
         super().bind(loop)
         self._poster.rebind(loop)
+        if self._watchdog is not None and self._busy:
+            self._watchdog.arm(loop)
+
+    def unbind(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.disarm()
 
     def begin_epoch(self, epoch: int) -> None:
         if self._closed:
@@ -219,6 +236,9 @@ class DaskExecutor(Executor):
                 return
             self._live.add(fut)
         self._futures[fut] = job
+        if self._watchdog is not None:
+            self._submitted[fut] = monotonic()
+            self._watchdog.arm(self.loop)
         # Runs on dask's callback thread: only hand the future over, never block there.
         fut.add_done_callback(lambda f, job=job, remote=remote: self._inbox.put(("done", job, remote, f)))
 
@@ -227,8 +247,34 @@ class DaskExecutor(Executor):
         if doomed:
             self._inbox.put(("cancel", doomed))  # each still reports once, as cancelled
 
+    def _check_timeouts(self) -> bool:
+        """On the loop: fail tasks past the timeout (see `__init__`). True while work runs."""
+        assert self.timeout_s is not None
+        now = monotonic()
+        if now - self._progress > self.timeout_s:
+            for fut, job in list(self._futures.items()):
+                submitted = self._submitted.get(fut, now)
+                if now - submitted <= self.timeout_s:
+                    continue
+                del self._futures[fut], self._submitted[fut]
+                self._abandoned.add(fut)
+                self._inbox.put(("cancel", [fut]))
+                position, index = job.items[0]
+                error = batch_timeout(index, "a dask worker", self.timeout_s, None)
+                self.report(job, [], Failure(position, index, error), now - submitted)
+        return self._busy > 0
+
     def _on_loop(self, message: tuple) -> None:
         kind = message[0]
+        fut = message[2] if kind == "result" else message[3]
+        if self._abandoned and fut in self._abandoned:  # timed out: reported already
+            self._abandoned.discard(fut)
+            with self._lock:
+                self._live.discard(fut)
+            return
+        if self._watchdog is not None:
+            self._submitted.pop(fut, None)
+            self._progress = monotonic()
         if kind == "result":
             _, job, fut, values, failure, elapsed = message
             self._forget(fut)

@@ -7,6 +7,7 @@ for every worker it makes.
 
 from __future__ import annotations
 
+import faulthandler
 import io
 import os
 import pickle
@@ -15,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 import weakref
 from typing import Any
@@ -149,8 +151,10 @@ class _Producer:
         self.kept: list[int] = []
 
     def __call__(self, k: int, index: int) -> P.Result:
-        if self.ctrl is not None and self.ctrl.slots is not None:
-            self.ctrl.slots[self.slot] = index
+        ctrl = self.ctrl
+        if ctrl is not None and ctrl.slots is not None and ctrl.started is not None:
+            ctrl.started[self.slot] = time.monotonic_ns()  # before the index: see shm.ControlBlock
+            ctrl.slots[self.slot] = index
         seg_id = self.seg_ids[k]
         segment = self.segments.views.get(seg_id) if seg_id is not None else None
         placement = arena.Placement(segment)
@@ -215,7 +219,14 @@ def main(sock: socket.socket, *, forked_from_server: bool = False, close_fds: tu
     boot = P.loads(payload)
     assert isinstance(boot, P.Boot)
     slot = boot.slot
-    ctrl = shm.ControlBlock(boot.control_slots, fd=fds[0]) if fds else None
+    named = dict(zip(boot.fds, fds))
+    ctrl = shm.ControlBlock(boot.control_slots, fd=named["control"]) if "control" in named else None
+    if "stack" in named:
+        # With a batch timeout: SIGUSR1 writes every thread's Python stack there, in the
+        # signal handler (so even a worker stuck in native code or holding the GIL answers
+        # as long as it runs at all); the main process reads it, then kills this worker.
+        # The file stays open for the worker's life.
+        faulthandler.register(signal.SIGUSR1, file=named["stack"], all_threads=True, chain=False)
     if forked_from_server:
         sys.path[:] = boot.sys_path
     ref = boot.main_ref

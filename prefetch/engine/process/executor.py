@@ -12,21 +12,31 @@ through shared memory, crash isolation.
   handed (see `shm`'s ownership rule).
 - State the dataset's epoch hooks change reaches the workers before the next epoch
   (see `.sync`).
+- With a batch timeout, a loop timer (`Watchdog`) reads each worker's batch and its start
+  time from the control block; a worker past the timeout is asked for its Python stack
+  (SIGUSR1: its `faulthandler` writes every thread's stack to a file shared with this
+  process), given up to `_STACK_WAIT_S` to write it, then killed; its death is that batch's
+  `BatchTimeout`, and a new worker has been starting meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import itertools
+import linecache
 import os
 import pickle
+import re
+import signal
 import sys
 from collections import deque
+from time import monotonic, monotonic_ns
 from typing import Any
 
-from ...errors import WorkerError, add_note, annotate, describe_exit
+from ...errors import WorkerError, add_note, annotate, batch_timeout, describe_exit
 from .. import shm
-from ..executors.base import Executor
+from ..executors.base import Executor, Watchdog
 from ..jobs import Failure, Job
 from . import pool as W
 from . import protocol as P
@@ -35,6 +45,8 @@ from .sync import DatasetSync, Snapshot
 
 _DEPTH = 2  # jobs queued per worker, so it never idles for a round trip
 _CONTROL_SLOTS = 512
+_STACK_WAIT_S = 0.2  # how long a worker past the timeout may take to write its stack before it is killed
+_STACK_STEP_S = 0.02  # how often the stack file is looked at meanwhile
 
 
 def rebuild_exception(info: P.FailureInfo, where: str) -> BaseException:
@@ -68,8 +80,10 @@ class ProcessExecutor(Executor):
     job_overhead = 100e-6
 
     def __init__(self, dataset: Any, workers: int, snapshot: Snapshot, *, window: int,
-                 start_method: str | None = None, warm_start: bool = False):
+                 start_method: str | None = None, warm_start: bool = False, timeout_s: float | None = None):
         super().__init__(workers)
+        self.timeout_s = timeout_s
+        self._watchdog = None if timeout_s is None else Watchdog(timeout_s, self._check_timeouts)
         self.dataset = dataset
         self.start_method = start_method or W.default_start_method()
         self.pool = shm.SegmentPool(keep=window)
@@ -100,9 +114,12 @@ class ProcessExecutor(Executor):
                     self._preload)
         self._workers.append(w)
         control = self.control
-        fds = [control.fd] if control is not None and slot < _CONTROL_SLOTS else []
+        named = {"control": control.fd} if control is not None and slot < _CONTROL_SLOTS else {}
+        if self._watchdog is not None and named:  # a worker without a control block cannot be timed
+            w.stack_fd = shm.anonymous_fd("prefetch-stack", 0)
+            named["stack"] = w.stack_fd
         w.end.send(P.dumps(P.Boot(slot, _CONTROL_SLOTS, list(sys.path), main_ref(),
-                                  self.sync.payload())), fds)
+                                  self.sync.payload(), list(named))), list(named.values()))
         if self.loop is not None:
             w.watch(self.loop, self._on_exit)
         return w
@@ -113,9 +130,9 @@ class ProcessExecutor(Executor):
         if self._fatal is not None or self._closed:
             return
         live = [w for w in self._workers if w.state in W.LIVE]
-        missing = self.workers - sum(w.state in W.TAKES_JOBS for w in live)
+        missing = self.workers - sum(_takes_jobs(w) for w in live)
         for w in live:  # a worker asked to retire that is still running is taken back first
-            if missing > 0 and w.state is W.State.RETIRING:
+            if missing > 0 and w.state is W.State.RETIRING and w.timed_out is None:
                 w.state = W.State.READY
                 missing -= 1
         # A slot is a worker's control-block entry and its random-seed stream: one per process.
@@ -130,16 +147,22 @@ class ProcessExecutor(Executor):
             self._warm.bind(loop)
         for w in self._workers:
             w.watch(loop, self._on_exit)
+            if w.timed_out is not None and w.timed_out.stack is None:
+                w.exit.kill()  # its stack was being read on the loop we left: kill it now
         self._dispatch()
+        if self._watchdog is not None and self._busy:
+            self._watchdog.arm(loop)
 
     def unbind(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.disarm()
         for w in self._workers:
             w.unwatch()
         self.loop = None
 
     def resize(self, workers: int) -> None:
         super().resize(workers)
-        taking = [w for w in self._workers if w.state in W.TAKES_JOBS]
+        taking = [w for w in self._workers if _takes_jobs(w)]
         if workers > len(taking):
             self._fill_pool()
         else:
@@ -168,6 +191,8 @@ class ProcessExecutor(Executor):
     def _submit(self, job: Job) -> None:
         self._pending.append(job)
         self._dispatch()
+        if self._watchdog is not None:
+            self._watchdog.arm(self.loop)
 
     def _dispatch(self) -> None:
         pending = self._pending
@@ -176,10 +201,10 @@ class ProcessExecutor(Executor):
         while pending:
             best = None
             for w in self._workers:
-                if w.state in W.TAKES_JOBS and len(w.jobs) < _DEPTH and (best is None or len(w.jobs) < len(best.jobs)):
+                if _takes_jobs(w) and len(w.jobs) < _DEPTH and (best is None or len(w.jobs) < len(best.jobs)):
                     best = w
             if best is None:
-                if self._fatal is not None or not any(w.state in W.TAKES_JOBS for w in self._workers):
+                if self._fatal is not None or not any(_takes_jobs(w) for w in self._workers):
                     self._fail_pending()
                 return
             job = pending.popleft()
@@ -368,6 +393,7 @@ class ProcessExecutor(Executor):
             self.report(job, [], failure, 0.0)
         w.end.close()
         w.exit.close()
+        w.close_stack_file()
         if not expected and not self._closed and was_ready:
             try:
                 self._fill_pool()  # the pool is whole again for the next batch
@@ -379,6 +405,9 @@ class ProcessExecutor(Executor):
     def _death_error(self, w: W.Worker, code: int | None, batch: int, was_ready: bool) -> BaseException:
         if self._fatal is not None:
             return self._fatal
+        timed = w.timed_out
+        if timed is not None and timed.index == batch and self.timeout_s is not None:
+            return batch_timeout(batch, f"process worker {w.pid}", self.timeout_s, timed.stack)
         if was_ready:
             return WorkerError(f"worker process {w.pid} died ({describe_exit(code)}) while producing batch {batch}",
                                index=batch, pid=w.pid, exitcode=code)
@@ -389,6 +418,60 @@ class ProcessExecutor(Executor):
                      "the dataset's class is defined there: keep the script's entry point under "
                      "`if __name__ == '__main__':`, and check the worker's output above for its traceback")
         return WorkerError(text, index=batch, pid=w.pid, exitcode=code)
+
+    # -- timeout ----------------------------------------------------------------------------------
+    def _check_timeouts(self) -> bool:
+        """On the loop: give up on workers whose batch is past the timeout. True while work runs."""
+        control = self.control
+        if self._closed or control is None or control.slots is None or control.started is None:
+            return False
+        assert self.timeout_s is not None
+        limit_ns, now_ns = int(self.timeout_s * 1e9), monotonic_ns()
+        for w in list(self._workers):
+            if w.timed_out is not None or w.state not in W.LIVE or not w.jobs or w.slot >= _CONTROL_SLOTS:
+                continue
+            index = int(control.slots[w.slot])  # the index first: see shm.ControlBlock
+            started = int(control.started[w.slot])
+            if index >= 0 and now_ns - started > limit_ns:
+                self._time_out(w, index, started)
+        return self._busy > 0
+
+    def _time_out(self, w: W.Worker, index: int, started_ns: int) -> None:
+        """Ask `w` for its stack, start its replacement, and kill it once the stack is in."""
+        w.timed_out = W.TimedOut(index, (monotonic_ns() - started_ns) / 1e9)
+        self._fill_pool()  # its replacement boots while we wait for the stack
+        try:
+            if w.stack_fd < 0 or w.pid is None:
+                raise ProcessLookupError
+            os.kill(w.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            w.exit.kill()
+            return
+        loop = self.loop
+        assert loop is not None
+        loop.call_later(_STACK_STEP_S, self._read_stack, loop, w, started_ns, monotonic() + _STACK_WAIT_S, -1)
+
+    def _read_stack(self, loop: asyncio.AbstractEventLoop, w: W.Worker, started_ns: int, deadline: float, last_size: int) -> None:
+        timed, control = w.timed_out, self.control
+        if timed is None or w.state is W.State.DEAD or w.stack_fd < 0 or loop is not self.loop:
+            return  # (moved to another loop meanwhile: `bind` killed it)
+        size = os.fstat(w.stack_fd).st_size
+        done = (size > 0 and size == last_size) or monotonic() >= deadline
+        if not done:
+            loop.call_later(_STACK_STEP_S, self._read_stack, loop, w, started_ns, deadline, size)
+            return
+        if (control is not None and control.slots is not None and control.started is not None
+                and (int(control.slots[w.slot]), int(control.started[w.slot])) != (timed.index, started_ns)):
+            # The batch ended while we waited after all: keep the worker (and its result).
+            w.timed_out = None
+            os.ftruncate(w.stack_fd, 0)
+            self._dispatch()
+            return
+        # (NULs: a file truncated after an earlier dump is written on at the old offset)
+        text = os.pread(w.stack_fd, size, 0).decode("utf-8", "replace").replace("\x00", "") if size else ""
+        timed.stack = _python_stack(text) if text else (
+            f"(worker process {w.pid} wrote no stack within {_STACK_WAIT_S:g} s of SIGUSR1)")
+        w.exit.kill()  # its exit reports the batch (see _on_exit / _death_error)
 
     # -- warm start (opt-in) ------------------------------------------------------------------------
     def _warm_serves(self) -> bool:
@@ -452,6 +535,35 @@ def defining_modules(dataset: Any) -> list[str]:
         if module and module not in ("builtins", "__main__", "__mp_main__") and module not in out:
             out.append(module)
     return out
+
+
+def _takes_jobs(w: W.Worker) -> bool:
+    return w.state in W.TAKES_JOBS and w.timed_out is None
+
+
+_FRAME = re.compile(r'\s*File "(.*)", line (\d+) in (.*)')
+
+
+def _python_stack(dump: str) -> str:
+    """`faulthandler`'s dump (per thread, most recent call first, no source) as traceback
+    text: most recent call last, with source lines; the thread that runs `__getitem__`
+    (the worker's main thread) last."""
+    blocks: list[tuple[str, list[str]]] = []
+    for line in dump.splitlines():
+        m = _FRAME.match(line)
+        if m is None:
+            if line.strip():
+                head = line.strip().replace("most recent call first", "most recent call last")
+                blocks.append((head, []))
+            continue
+        if not blocks:
+            blocks.append(("Stack (most recent call last):", []))
+        path, lineno, name = m.group(1), int(m.group(2)), m.group(3)
+        source = linecache.getline(path, lineno).strip()
+        frame = f'  File "{path}", line {lineno}, in {name}\n' + (f"    {source}\n" if source else "")
+        blocks[-1][1].insert(0, frame)
+    blocks.sort(key=lambda b: any("in _serve\n" in f for f in b[1]))
+    return "\n".join(head + "\n" + "".join(frames) for head, frames in blocks)
 
 
 def _undecodable(exc: BaseException, index: int, where: str) -> BaseException:

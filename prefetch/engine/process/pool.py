@@ -11,6 +11,8 @@ A worker's state (`State`) moves one way only:
 - READY: loaded the dataset; takes jobs.
 - RETIRING: the pool shrank; takes no new job, is stopped once its jobs are done.
 - STOPPING: told to stop (or being ended by `close`); its exit is expected, not an error.
+  (A worker past the batch timeout stays READY or RETIRING, with `timed_out` set, until the
+  kill the executor sends it takes effect: its exit is that batch's `BatchTimeout`.)
 - DEAD: exited; every job it held was reported (as done or as failed).
 """
 
@@ -144,6 +146,17 @@ def _mp_main(sock: socket.socket, close_fds: tuple) -> None:
     sys.exit(child.main(sock, close_fds=close_fds))
 
 
+class TimedOut:
+    """A worker given up on: the batch past the timeout, for how long, and its stack once read."""
+
+    __slots__ = ("elapsed_s", "index", "stack")
+
+    def __init__(self, index: int, elapsed_s: float):
+        self.index = index
+        self.elapsed_s = elapsed_s
+        self.stack: str | None = None
+
+
 class Worker:
     """One worker process: its slot, state, socket end and exit watch.
 
@@ -158,6 +171,15 @@ class Worker:
         self.exit = exit
         self.jobs: deque[int] = deque()
         self.loop: Any = None
+        self.stack_fd = -1  # with a batch timeout: the file its faulthandler writes its stack to
+        # Set once its batch ran past the timeout: the main process is taking its stack and
+        # will kill it; its death is then that batch's BatchTimeout, not a WorkerError.
+        self.timed_out: TimedOut | None = None
+
+    def close_stack_file(self) -> None:
+        fd, self.stack_fd = self.stack_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     @property
     def pid(self) -> int | None:
@@ -233,3 +255,4 @@ def end_all(workers: list[Worker]) -> None:
     for w in workers:
         w.state = State.DEAD
         w.exit.close()
+        w.close_stack_file()

@@ -6,7 +6,8 @@ message says so. Batch values are pickled separately inside `Result.data`, so a 
 itself always decodes — a batch the main process cannot unpickle fails as that batch's error
 instead of breaking the stream.
 
-Conversation: the main process sends `Boot` first (with the control block's descriptor),
+Conversation: the main process sends `Boot` first (with the control block's descriptor and,
+with a timeout, the stack file's),
 then any of `MapSegments`, `Run`, `Forget`, `SyncState`, `ReplaceDataset`, and `Stop` last.
 The worker answers `Ready` (or `LoadFailed`, then exits) once, then one `Done` per `Run`,
 in the order the runs were sent. A worker that dies owes nothing: its death is the error of
@@ -29,13 +30,16 @@ class Fork(NamedTuple):
 
 # -- main process -> worker ----------------------------------------------------------------------
 class Boot(NamedTuple):
-    """First message: who the worker is and the dataset to load. One fd: the control block."""
+    """First message: who the worker is and the dataset to load. Its fds are named in `fds`:
+    "control" (the control block) and, with a batch timeout, "stack" (a file for
+    `faulthandler` to write the worker's stack into on SIGUSR1, read by the main process)."""
 
     slot: int  # the worker's index in the pool: its control-block entry and seed stream
     control_slots: int  # entries in the control block
     sys_path: list[str]  # the main process's import path
     main_ref: str | None  # the main script (a path, or "module:NAME"), imported only if a pickle needs `__main__`
     payload: bytes  # the dataset, pickled (protocol 5)
+    fds: list[str]  # what each fd riding along is, in order: "control", "stack"
 
 
 class MapSegments(NamedTuple):
