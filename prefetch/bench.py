@@ -25,8 +25,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .stats import percentile
 
@@ -57,7 +58,7 @@ class Target:
     path: str | None = None  # a directory to make importable (for a file target)
 
     @classmethod
-    def parse(cls, text: str) -> "Target":
+    def parse(cls, text: str) -> Target:
         module, sep, factory = text.rpartition(":")
         if not sep or not module or not factory:
             raise ValueError(f"expected MODULE:FACTORY (e.g. mypkg.data:make_dataset), got {text!r}")

@@ -13,7 +13,8 @@ import argparse
 import importlib.util
 import json
 import sys
-from typing import IO, Any, Sequence
+from collections.abc import Sequence
+from typing import IO, Any
 
 from .bench import Watcher
 from .engine.executors import NAMED as EXECUTORS

@@ -6,8 +6,9 @@ from __future__ import annotations
 import inspect
 import itertools
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 _DEFAULTS = {"_workers": 1, "_use_multiprocessing": False, "_max_queue_size": 10}
 

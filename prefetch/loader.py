@@ -5,7 +5,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import secrets
 import weakref
-from typing import Any, AsyncIterator, Callable, Generic, Iterator, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from .dataset import inspect_dataset, num_batches_of
 from .engine.channel import Channel, EpochEnded
@@ -252,11 +253,11 @@ class Loader(Generic[B]):
         return self._epoch + 1 if self._cut and self._active is None else self._epoch
 
     @property
-    def _active(self) -> "_Epoch | None":
+    def _active(self) -> _Epoch | None:
         return self._active_ref()
 
     @_active.setter
-    def _active(self, epoch: "_Epoch | None") -> None:
+    def _active(self, epoch: _Epoch | None) -> None:
         self._active_ref = (lambda: None) if epoch is None else weakref.ref(epoch)
 
     # -- iteration --------------------------------------------------------------------------
@@ -409,10 +410,10 @@ class Loader(Generic[B]):
     def closed(self) -> bool:
         return not self._finalizer.alive
 
-    def __enter__(self) -> "Loader[B]":
+    def __enter__(self) -> Loader[B]:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -480,7 +481,7 @@ class _Epoch:
     def __del__(self) -> None:
         try:
             self.abort()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
+        except Exception:  # noqa: BLE001, S110 - never raise from a finalizer
             pass
 
 
@@ -491,7 +492,7 @@ class _SyncEpoch(_Epoch, Iterator[Any]):
         self._alive = lt.alive
         self._open(lt.loop, lt.call)
 
-    def __iter__(self) -> "_SyncEpoch":
+    def __iter__(self) -> _SyncEpoch:
         return self
 
     def __next__(self) -> Any:
@@ -524,7 +525,7 @@ class _AsyncEpoch(_Epoch):
         self._started = False
         self._alive: Callable[[], bool] = lambda: True
 
-    def __aiter__(self) -> "_AsyncEpoch":
+    def __aiter__(self) -> _AsyncEpoch:
         return self
 
     async def _start(self) -> None:
@@ -567,8 +568,9 @@ class _AsyncEpoch(_Epoch):
             self.loader._skip(position, value)
 
     async def _bridge_wait(self, channel: Channel) -> None:
-        import anyio.to_thread
         from time import perf_counter
+
+        import anyio.to_thread
 
         t0 = perf_counter()
         while not channel.items:

@@ -10,7 +10,7 @@ different number of hosts (elastic resume, see `prefetch.state`).
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 

@@ -41,7 +41,7 @@ class Shard:
             raise ValueError(f"Shard.index must be in [0, {self.count}), got {self.index}")
 
     @classmethod
-    def auto(cls, *, pad: bool = False) -> "Shard":
+    def auto(cls, *, pad: bool = False) -> Shard:
         """This process's shard, from the first of: an initialised `torch.distributed`,
         a multi-process JAX, the `RANK`/`WORLD_SIZE` environment; else the single shard."""
         dist = sys.modules.get("torch.distributed")

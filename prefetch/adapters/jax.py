@@ -14,7 +14,8 @@ dicts and registered pytrees are kept; `None` stays `None`):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class JaxBatches:
     """An iterable over a loader's epochs with `jax.Array` leaves on device; see `to_jax`."""
 
     def __init__(self, loader: Iterable[Any], device_prefetch: int = 2,
-                 sharding: "jax.sharding.Sharding | jax.Device | None" = None):
+                 sharding: jax.sharding.Sharding | jax.Device | None = None):
         if isinstance(device_prefetch, bool) or not isinstance(device_prefetch, int):
             raise TypeError(f"device_prefetch must be an int >= 0, got {device_prefetch!r}")
         if device_prefetch < 0:
@@ -74,7 +75,7 @@ class JaxBatches:
 
 
 def to_jax(loader: Iterable[Any], device_prefetch: int = 2,
-           sharding: "jax.sharding.Sharding | jax.Device | None" = None) -> JaxBatches:
+           sharding: jax.sharding.Sharding | jax.Device | None = None) -> JaxBatches:
     """Iterate a loader's batches as `jax.Array` trees, put on device ahead of use.
 
     Each `iter()` of the result is one epoch of `loader` (a `prefetch.Loader`, or any

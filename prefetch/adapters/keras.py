@@ -42,7 +42,7 @@ from ..engine.fingerprint import fingerprint
 from ..loader import Loader
 from ..shard import Shard
 
-__all__ = ["PrefetchAdapter", "distribution_shard", "to_keras"]
+__all__ = ["PrefetchAdapter", "distribution_shard", "to_keras"]  # noqa: F822 - PrefetchAdapter: module __getattr__
 
 # Keras builds an unbuilt model from the first batch of an iteration it then drops (the JAX
 # trainer on an accelerator takes one more, for its look-ahead). An iteration dropped after
@@ -53,7 +53,7 @@ _PEEK = 2
 class _LiveEpoch:
     """One Loader epoch in progress, which several Keras iterations may draw from in turn."""
 
-    __slots__ = ("batches", "delivered", "replay", "owner", "served")
+    __slots__ = ("batches", "delivered", "owner", "replay", "served")
 
     def __init__(self, batches: Iterator[Any]):
         self.batches = batches  # iter(loader): the Loader's epoch
@@ -275,17 +275,17 @@ class _EpochFeed:
         if self._finalizer is not None:
             self._finalizer()
 
-    def __enter__(self) -> "_EpochFeed":
+    def __enter__(self) -> _EpochFeed:  # noqa: PYI034 - a mixin: subclasses are built at run time
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
         return f"PrefetchAdapter({self.loader!r})"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adapter_class() -> type:
     # Built on first use so that importing this module does not import Keras.
     from keras.src.trainers.data_adapters.data_adapter import DataAdapter

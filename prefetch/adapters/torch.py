@@ -17,7 +17,8 @@ Leaf conversion (the structure — tuple, namedtuple, list, dict, nested — is 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def _tensor_leaf(torch: Any, x: Any) -> Any:
 class TorchBatches:
     """An iterable over a loader's epochs with `torch.Tensor` leaves; see `to_torch`."""
 
-    def __init__(self, loader: Iterable[Any], device: "str | torch.device | None" = None,
+    def __init__(self, loader: Iterable[Any], device: str | torch.device | None = None,
                  pin_memory: bool = False):
         import torch
 
@@ -122,7 +123,7 @@ class TorchBatches:
         return f"TorchBatches({self.loader!r}, device={self.device}, pin_memory={self.pin_memory})"
 
 
-def to_torch(loader: Iterable[Any], device: "str | torch.device | None" = None,
+def to_torch(loader: Iterable[Any], device: str | torch.device | None = None,
              pin_memory: bool = False) -> TorchBatches:
     """Iterate a loader's batches as `torch.Tensor` trees, optionally moved to `device`.
 

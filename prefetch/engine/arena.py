@@ -47,7 +47,7 @@ if _native is not None:
         _native.bind(_numpy_c_api())
         _native.set_threshold(MIN_SHARED)  # what is smaller is pickled in-band anyway
         available = True
-    except Exception:  # pragma: no cover - an unexpected numpy build or a stale build: fall back to copying
+    except Exception:  # noqa: BLE001 - an unexpected numpy build or a stale build: fall back to copying
         available = False
 
 HANDLER_NAME = "prefetch_shared_memory"
@@ -88,7 +88,7 @@ def live_ranges(segment: np.ndarray) -> list[tuple[int, int]]:
 class Placement:
     """Around one `__getitem__`: numpy places large new arrays in `segment`."""
 
-    __slots__ = ("previous", "active")
+    __slots__ = ("active", "previous")
 
     def __init__(self, segment: np.ndarray | None):
         self.previous = None

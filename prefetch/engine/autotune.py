@@ -35,7 +35,7 @@ def _budget(executor: Any, window: int) -> int:
             # Leave half the free memory alone: a process worker costs about what this one does.
             per_worker = psutil.Process().memory_info().rss
             cap = min(cap, max(1, int(psutil.virtual_memory().available * 0.5 // max(per_worker, 1))))
-        except Exception:  # noqa: BLE001 - psutil is optional; the CPU budget still holds
+        except Exception:  # noqa: BLE001, S110 - psutil is optional; the CPU budget still holds
             pass
     return max(1, cap)
 

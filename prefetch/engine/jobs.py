@@ -9,8 +9,9 @@ this; only *how a batch is produced* differs, so that is the one thing they pass
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from ..errors import annotate
 from ..randomness import enter_batch, exit_batch
@@ -21,7 +22,7 @@ class JobOwner(Protocol):
 
     cancelled: bool
 
-    def complete(self, job: "Job", values: list, failure: "Failure | None", elapsed: float) -> None: ...
+    def complete(self, job: Job, values: list, failure: Failure | None, elapsed: float) -> None: ...
 
 
 class Job:
@@ -43,7 +44,7 @@ class Job:
 class Failure:
     """`__getitem__(index)` at `position` raised `error` (already annotated with the index)."""
 
-    __slots__ = ("position", "index", "error")
+    __slots__ = ("error", "index", "position")
 
     def __init__(self, position: int, index: int, error: BaseException):
         self.position = position

@@ -6,7 +6,8 @@ import asyncio
 import concurrent.futures as cf
 import sys
 import threading
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

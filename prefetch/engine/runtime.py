@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .executors.base import Executor
 from .loop import LoopThread, call_on, running_loop
@@ -58,7 +58,7 @@ class Engine:
         def start() -> None:
             try:
                 self.ensure_executor()
-            except BaseException:  # noqa: BLE001 - the first epoch retries and raises it
+            except BaseException:  # noqa: BLE001, S110 - the first epoch retries and raises it
                 pass
 
         self._starter = threading.Thread(target=start, name="prefetch-start", daemon=True)
@@ -151,7 +151,7 @@ class Engine:
         if ex is not None:
             try:  # on whichever loop the executor runs on (ours, or an async caller's)
                 call_on(ex.loop, self._close_on_loop, wait=True, timeout_s=5)
-            except Exception:  # noqa: BLE001 - closing must go on regardless
+            except Exception:  # noqa: BLE001, S110 - closing must go on regardless
                 pass
             ex.close()
         if lt is not None:
@@ -164,5 +164,5 @@ class Engine:
         if ex is not None:
             try:
                 ex.unbind()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001, S110 - its loop is gone; nothing left to unwatch
                 pass

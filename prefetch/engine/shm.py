@@ -29,7 +29,8 @@ import os
 import pickle
 import weakref
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,7 @@ class Segment:
     given a job that writes into it.
     """
 
-    __slots__ = ("id", "size", "fd", "buf", "kept", "known", "__weakref__")
+    __slots__ = ("__weakref__", "buf", "fd", "id", "kept", "known", "size")
 
     def __init__(self, seg_id: int, size: int):
         self.id = seg_id

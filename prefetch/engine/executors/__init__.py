@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import Executor, Failure, Job
 

@@ -12,7 +12,8 @@ import asyncio
 import threading
 import traceback
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..jobs import Failure, Job, JobOwner
 

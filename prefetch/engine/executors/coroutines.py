@@ -108,7 +108,7 @@ class CoroutineExecutor(Executor):
                     # Each worker task has its own context: a batch's rng() is its alone.
                     produce = self._producer(me) if watched else dataset.__getitem__
                     values, failure, _ = await arun_items(produce, job.items, job.seed, job.epoch, _WHERE,
-                                                          lambda: owner.cancelled)
+                                                          lambda: owner.cancelled)  # noqa: B023 - awaited here
                     if watched and self._timed_out.pop(me, None) is not None and sys.version_info >= (3, 11):
                         me.uncancel()  # the batch caught our cancel and returned after all: keep it
                 except asyncio.CancelledError:

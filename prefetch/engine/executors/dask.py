@@ -152,7 +152,7 @@ class DaskExecutor(Executor):
             # dask's own message names only the type; say what it means for the user.
             raise TypeError(f"prefetch: the dataset ({type(self.dataset).__name__}) cannot be pickled, so it "
                             f"cannot be sent to the dask cluster: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - typically a worker that cannot unpickle it
+        except Exception as exc:
             raise RuntimeError(f"prefetch: could not send the dataset to the dask cluster: {exc!r} (can every "
                                f"worker import {type(self.dataset).__module__!r}?)") from exc
         with self._lock:
@@ -413,7 +413,7 @@ class DaskExecutor(Executor):
     def _cancel(self, futures: list) -> None:
         try:
             self.client.cancel(futures)
-        except Exception:  # noqa: BLE001 - a closed client already dropped them
+        except Exception:  # noqa: BLE001, S110 - a closed client already dropped them
             pass
 
     def _shut_down(self) -> None:

@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 import traceback
-import weakref
 from typing import Any
 
 import numpy as np

@@ -397,7 +397,7 @@ class ProcessExecutor(Executor):
         if not expected and not self._closed and was_ready:
             try:
                 self._fill_pool()  # the pool is whole again for the next batch
-            except Exception:  # noqa: BLE001 - e.g. the interpreter is exiting; the next epoch retries
+            except Exception:  # noqa: BLE001, S110 - e.g. the interpreter is exiting; the next epoch retries
                 pass
         # A worker that died loading the dataset would die again at once: the next epoch retries.
         self._dispatch()

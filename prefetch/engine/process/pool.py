@@ -26,8 +26,9 @@ import signal
 import socket
 import sys
 from collections import deque
+from collections.abc import Callable
 from time import monotonic
-from typing import Any, Callable
+from typing import Any
 
 from ..executors import START_METHODS  # noqa: F401 - named here too: pool is where they mean something
 from . import zygote
@@ -185,7 +186,7 @@ class Worker:
     def pid(self) -> int | None:
         return self.exit.pid
 
-    def watch(self, loop: Any, on_exit: Callable[["Worker"], None]) -> None:
+    def watch(self, loop: Any, on_exit: Callable[[Worker], None]) -> None:
         """Follow the worker on `loop`: its messages and its end."""
         self.unwatch()
         self.loop = loop

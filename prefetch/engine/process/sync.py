@@ -23,7 +23,7 @@ def pickle_dataset(dataset: Any) -> bytes:
         raise ValueError("executor='process' needs a POSIX system (Linux, macOS); use threads on Windows")
     try:
         return pickle.dumps(dataset, protocol=5)
-    except Exception as exc:  # noqa: BLE001 - re-raised with a better message
+    except Exception as exc:
         culprit = ""
         for name, value in (vars(dataset).items() if hasattr(dataset, "__dict__") else ()):
             try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import pickle
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
 
 from ..executors.base import Job, LoopPoster
 from ..executors.threads import run_job

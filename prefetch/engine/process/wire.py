@@ -21,7 +21,8 @@ import os
 import socket
 import struct
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 HEADER = struct.Struct("<QH")
 MAX_FDS_PER_FRAME = 32

@@ -28,7 +28,8 @@ import struct
 import subprocess
 import sys
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .protocol import Fork, dumps, loads
 from .wire import BlockingEnd, FrameReader
@@ -130,7 +131,7 @@ def serve(control_fd: int) -> None:
     # each worker seeds its global generators before its first batch).
     import random  # noqa: F401
 
-    import numpy  # noqa: F401
+    import numpy
     import numpy.random  # noqa: F401
 
     from . import child
@@ -194,7 +195,7 @@ def _preload(request: Fork) -> None:
     for name in missing:
         try:
             importlib.import_module(name)
-        except BaseException:  # noqa: BLE001 - the worker imports it itself and reports what fails
+        except BaseException:  # noqa: BLE001, S110 - the worker imports it itself and reports what fails
             pass
 
 
@@ -213,7 +214,7 @@ def _run_child(child: Any, fd: int, server_pid: int) -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001, S110 - a closed stream: nothing left to say
                 pass
         os._exit(code)
 
