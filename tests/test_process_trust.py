@@ -41,12 +41,13 @@ def _fds() -> int:
 @pytest.mark.timeout(60)
 def test_cut_short_epoch_with_a_large_sync_and_large_results_does_not_hang(no_leaks):
     with prefetch.Loader(BigInBand(12), workers=1, executor="process", max_queue_size=4) as loader:
+        list(loader)  # the worker is up and busy from here on
         for _ in range(3):
             for first, _strings in loader:
                 break  # the worker is still sending results while the next epoch's sync goes out
         epoch = list(loader)
     assert len(epoch) == 12
-    assert {tag for tag, _ in epoch} == {4}  # the fourth epoch's on_epoch_begin reached the worker
+    assert {tag for tag, _ in epoch} == {5}  # the fifth epoch's on_epoch_begin reached the worker
     assert epoch[5][1][0].startswith("5-")
 
 
