@@ -130,9 +130,9 @@ class ProcessExecutor(Executor):
         if self._fatal is not None or self._closed:
             return
         live = [w for w in self._workers if w.state in W.LIVE]
-        missing = self.workers - sum(_takes_jobs(w) for w in live)
+        missing = self.workers - sum(w.state in W.TAKES_JOBS for w in live)
         for w in live:  # a worker asked to retire that is still running is taken back first
-            if missing > 0 and w.state is W.State.RETIRING and w.timed_out is None:
+            if missing > 0 and w.state is W.State.RETIRING:
                 w.state = W.State.READY
                 missing -= 1
         # A slot is a worker's control-block entry and its random-seed stream: one per process.
@@ -147,7 +147,7 @@ class ProcessExecutor(Executor):
             self._warm.bind(loop)
         for w in self._workers:
             w.watch(loop, self._on_exit)
-            if w.timed_out is not None and w.timed_out.stack is None:
+            if w.state is W.State.TIMED_OUT:
                 w.exit.kill()  # its stack was being read on the loop we left: kill it now
         self._dispatch()
         if self._watchdog is not None and self._busy:
@@ -162,7 +162,7 @@ class ProcessExecutor(Executor):
 
     def resize(self, workers: int) -> None:
         super().resize(workers)
-        taking = [w for w in self._workers if _takes_jobs(w)]
+        taking = [w for w in self._workers if w.state in W.TAKES_JOBS]
         if workers > len(taking):
             self._fill_pool()
         else:
@@ -201,10 +201,10 @@ class ProcessExecutor(Executor):
         while pending:
             best = None
             for w in self._workers:
-                if _takes_jobs(w) and len(w.jobs) < _DEPTH and (best is None or len(w.jobs) < len(best.jobs)):
+                if w.state in W.TAKES_JOBS and len(w.jobs) < _DEPTH and (best is None or len(w.jobs) < len(best.jobs)):
                     best = w
             if best is None:
-                if self._fatal is not None or not any(_takes_jobs(w) for w in self._workers):
+                if self._fatal is not None or not any(w.state in W.TAKES_JOBS for w in self._workers):
                     self._fail_pending()
                 return
             job = pending.popleft()
@@ -428,7 +428,7 @@ class ProcessExecutor(Executor):
         assert self.timeout_s is not None
         limit_ns, now_ns = int(self.timeout_s * 1e9), monotonic_ns()
         for w in list(self._workers):
-            if w.timed_out is not None or w.state not in W.LIVE or not w.jobs or w.slot >= _CONTROL_SLOTS:
+            if w.state is W.State.TIMED_OUT or w.state not in W.LIVE or not w.jobs or w.slot >= _CONTROL_SLOTS:
                 continue
             index = int(control.slots[w.slot])  # the index first: see shm.ControlBlock
             started = int(control.started[w.slot])
@@ -438,7 +438,8 @@ class ProcessExecutor(Executor):
 
     def _time_out(self, w: W.Worker, index: int, started_ns: int) -> None:
         """Ask `w` for its stack, start its replacement, and kill it once the stack is in."""
-        w.timed_out = W.TimedOut(index, (monotonic_ns() - started_ns) / 1e9)
+        w.timed_out = W.TimedOut(index, (monotonic_ns() - started_ns) / 1e9, w.state)
+        w.state = W.State.TIMED_OUT
         self._fill_pool()  # its replacement boots while we wait for the stack
         try:
             if w.stack_fd < 0 or w.pid is None:
@@ -453,7 +454,7 @@ class ProcessExecutor(Executor):
 
     def _read_stack(self, loop: asyncio.AbstractEventLoop, w: W.Worker, started_ns: int, deadline: float, last_size: int) -> None:
         timed, control = w.timed_out, self.control
-        if timed is None or w.state is W.State.DEAD or w.stack_fd < 0 or loop is not self.loop:
+        if timed is None or w.state is not W.State.TIMED_OUT or w.stack_fd < 0 or loop is not self.loop:
             return  # (moved to another loop meanwhile: `bind` killed it)
         size = os.fstat(w.stack_fd).st_size
         done = (size > 0 and size == last_size) or monotonic() >= deadline
@@ -463,8 +464,10 @@ class ProcessExecutor(Executor):
         if (control is not None and control.slots is not None and control.started is not None
                 and (int(control.slots[w.slot]), int(control.started[w.slot])) != (timed.index, started_ns)):
             # The batch ended while we waited after all: keep the worker (and its result).
-            w.timed_out = None
+            w.state, w.timed_out = timed.previous, None
             os.ftruncate(w.stack_fd, 0)
+            if w.state is W.State.RETIRING and not w.jobs:
+                self._stop(w)
             self._dispatch()
             return
         # (NULs: a file truncated after an earlier dump is written on at the old offset)
@@ -535,10 +538,6 @@ def defining_modules(dataset: Any) -> list[str]:
         if module and module not in ("builtins", "__main__", "__mp_main__") and module not in out:
             out.append(module)
     return out
-
-
-def _takes_jobs(w: W.Worker) -> bool:
-    return w.state in W.TAKES_JOBS and w.timed_out is None
 
 
 _FRAME = re.compile(r'\s*File "(.*)", line (\d+) in (.*)')

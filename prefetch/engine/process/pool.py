@@ -1,18 +1,21 @@
 """Worker processes as the main process sees them: how one starts, its state, how its end is
 noticed, and how a set of them is ended.
 
-A worker's state (`State`) moves one way only:
+A worker's state (`State`) moves one way only, but for a timed-out batch that ends after all:
 
     BOOTING ──Ready──▶ READY ──shrink──▶ RETIRING ──jobs done──▶ STOPPING ──exit──▶ DEAD
-       │                 │                   │                                     ▲
+       │                 │  ▲                │  ▲                                  ▲
+       │                 ▼  │ (batch ended)  ▼  │                                  │
+       │               TIMED_OUT ◀───────────┘──┘ ──────── killed ───────────────────┤
        └─────────────────┴───────────────────┴────────── exit (crash, kill) ──────┘
 
 - BOOTING: started, loading the dataset. It may already hold jobs (they wait on its socket).
 - READY: loaded the dataset; takes jobs.
 - RETIRING: the pool shrank; takes no new job, is stopped once its jobs are done.
+- TIMED_OUT: its batch ran past the timeout; takes no job; its stack is being read, then it
+  is killed and its exit is that batch's `BatchTimeout` (`Worker.timed_out` holds the details).
+  If the batch ends while the stack is read, it goes back to the state it had.
 - STOPPING: told to stop (or being ended by `close`); its exit is expected, not an error.
-  (A worker past the batch timeout stays READY or RETIRING, with `timed_out` set, until the
-  kill the executor sends it takes effect: its exit is that batch's `BatchTimeout`.)
 - DEAD: exited; every job it held was reported (as done or as failed).
 """
 
@@ -30,7 +33,6 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
-from ..executors import START_METHODS  # noqa: F401 - named here too: pool is where they mean something
 from . import zygote
 from .wire import LoopEnd
 
@@ -47,12 +49,13 @@ class State(enum.Enum):
     BOOTING = "booting"
     READY = "ready"
     RETIRING = "retiring"
+    TIMED_OUT = "timed out"
     STOPPING = "stopping"
     DEAD = "dead"
 
 
 TAKES_JOBS = (State.BOOTING, State.READY)
-LIVE = (State.BOOTING, State.READY, State.RETIRING)
+LIVE = (State.BOOTING, State.READY, State.RETIRING, State.TIMED_OUT)  # running: told of syncs and segments
 
 
 class ExitWatch:
@@ -150,11 +153,12 @@ def _mp_main(sock: socket.socket, close_fds: tuple) -> None:
 class TimedOut:
     """A worker given up on: the batch past the timeout, for how long, and its stack once read."""
 
-    __slots__ = ("elapsed_s", "index", "stack")
+    __slots__ = ("elapsed_s", "index", "previous", "stack")
 
-    def __init__(self, index: int, elapsed_s: float):
+    def __init__(self, index: int, elapsed_s: float, previous: State):
         self.index = index
         self.elapsed_s = elapsed_s
+        self.previous = previous  # the state to go back to if the batch ends after all
         self.stack: str | None = None
 
 
@@ -173,8 +177,7 @@ class Worker:
         self.jobs: deque[int] = deque()
         self.loop: Any = None
         self.stack_fd = -1  # with a batch timeout: the file its faulthandler writes its stack to
-        # Set once its batch ran past the timeout: the main process is taking its stack and
-        # will kill it; its death is then that batch's BatchTimeout, not a WorkerError.
+        # In state TIMED_OUT (and after, until DEAD): which batch, and its stack once read.
         self.timed_out: TimedOut | None = None
 
     def close_stack_file(self) -> None:
