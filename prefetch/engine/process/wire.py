@@ -277,14 +277,6 @@ class LoopEnd:
         except OSError:
             pass
 
-    def try_send_now(self, payload: bytes) -> None:
-        """From any thread, at shutdown: one frame if the socket takes it at once, else nothing."""
-        try:
-            if not self._out:
-                self.sock.send(_header(payload, []) + payload, socket.MSG_DONTWAIT)
-        except OSError:
-            pass
-
 
 class BlockingEnd:
     """A worker's end of its socket: blocking sends and receives of whole frames."""
