@@ -251,11 +251,14 @@ def test_a_worker_killed_while_loading_is_named_with_its_batch(tmp_path, no_leak
 @pytest.mark.timeout(300)
 def test_sigkill_of_a_random_worker_at_a_random_moment_never_hangs_loses_or_duplicates(no_leaks):
     rnd = random.Random(1234)
+    with prefetch.Loader(CheapArrays(4), workers=2, executor="process") as warm_up:
+        list(warm_up)  # the fork server (one socket for the whole process) is running now
     fds_before = _fds()
     outcomes = {"whole": 0, "error": 0}
     for trial in range(50):
         n = 40
-        with prefetch.Loader(CheapArrays(n), workers=2, executor="process", max_queue_size=6,
+        # 2 ms batches: a kill lands inside a batch (an error) or between two (nothing lost) alike
+        with prefetch.Loader(CheapArrays(n, delay_s=0.002), workers=2, executor="process", max_queue_size=6,
                              ordered=bool(trial % 2)) as loader:
             delay = rnd.uniform(0.0, 0.15)
             got = []

@@ -189,12 +189,15 @@ class SlowToLoad(prefetch.PyDataset):
 class CheapArrays(prefetch.PyDataset):
     """Batch i: a 64 KiB array full of i (travels through shared memory)."""
 
-    def __init__(self, n: int, **kwargs):
+    def __init__(self, n: int, delay_s: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.n = n
+        self.delay_s = delay_s
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, i):
+        if self.delay_s:
+            time.sleep(self.delay_s)
         return np.full(8192, i, np.int64)
