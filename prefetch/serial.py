@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Iterator
+from contextlib import contextmanager
 from time import perf_counter
 from typing import Any
 
@@ -38,17 +39,22 @@ class _SerialBase(_Epoch):
     def _next_item(self) -> tuple[int, int] | None:
         return next(self._items, None)
 
-    def _call(self, index: int) -> Any:
-        """`dataset[index]` inside the batch's rng scope; a coroutine is returned unawaited."""
-        loader = self.loader
-        token = enter_batch(loader.seed, self._epoch_no, index)
+    @contextmanager
+    def _batch(self, index: int) -> Iterator[None]:
+        """The batch's rng scope; an exception in it names the batch and ends the epoch."""
+        token = enter_batch(self.loader.seed, self._epoch_no, index)
         try:
-            return loader.dataset[index]
+            yield
         except BaseException as exc:
             self._failed(exc, index)
             raise
         finally:
             exit_batch(token)
+
+    def _call(self, index: int) -> Any:
+        """`dataset[index]` inside the batch's scope; a coroutine is returned unawaited."""
+        with self._batch(index):
+            return self.loader.dataset[index]
 
     def _failed(self, exc: BaseException, index: int) -> None:
         # The traceback is already the consumer's own; only name the batch, as workers do.
@@ -93,14 +99,8 @@ class SerialEpoch(_SerialBase, Iterator[Any]):
         # code here is synchronous, so no loop of theirs is running.
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-        token = enter_batch(self.loader.seed, self._epoch_no, index)
-        try:
+        with self._batch(index):
             return self._loop.run_until_complete(awaitable)
-        except BaseException as exc:
-            self._failed(exc, index)
-            raise
-        finally:
-            exit_batch(token)
 
     def _close_loop(self) -> None:
         if self._loop is not None:
@@ -132,14 +132,8 @@ class AsyncSerialEpoch(_SerialBase):
         t0 = perf_counter()
         value = self._call(index)
         if inspect.isawaitable(value):
-            token = enter_batch(self.loader.seed, self._epoch_no, index)
-            try:
+            with self._batch(index):
                 value = await value
-            except BaseException as exc:
-                self._failed(exc, index)
-                raise
-            finally:
-                exit_batch(token)
         self._count(t0)
         return self._took(position, value)
 
