@@ -362,8 +362,10 @@ class ProcessExecutor(Executor):
             index = int(control.slots[w.slot])
             control.slots[w.slot] = -1
         blamed = False
+        running = True  # the worker runs its jobs in order: only the oldest can hold the crash
         while w.jobs:
             job, segs = self._jobs.pop(w.jobs.popleft())
+            oldest, running = running, False
             self._busy -= 1  # reported below, or submitted again (which counts it anew)
             for seg in segs:
                 if seg is not None:
@@ -372,7 +374,10 @@ class ProcessExecutor(Executor):
                 self._busy += 1
                 self.report(job, [], None, 0.0)
                 continue
-            crashed = next((k for k, (_, i) in enumerate(job.items) if i == index), None) if index >= 0 else None
+            # (matched in the oldest job only: a later job, of the next epoch say, may hold the
+            # same batch index without ever having started it)
+            crashed = (next((k for k, (_, i) in enumerate(job.items) if i == index), None)
+                       if index >= 0 and oldest else None)
             if crashed is None and was_ready and not job.retried:
                 # It never started this job (queued behind, or the worker died between
                 # batches): nothing of it is lost, another worker runs it.
