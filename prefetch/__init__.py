@@ -25,15 +25,17 @@ from .shard import Shard
 if TYPE_CHECKING:
     from .batchmem import empty
     from .loader import Loader
+    from .packed import PackedStrings
     from .randomness import rng
     from .sources import batched, mix
     from .stats import Stats
 
-__all__ = ["BatchTimeout", "Loader", "PyDataset", "Shard", "Stats", "WorkerError", "batched", "empty", "mix", "rng"]
+__all__ = ["BatchTimeout", "Loader", "PackedStrings", "PyDataset", "Shard", "Stats", "WorkerError", "batched", "empty",
+           "mix", "rng"]
 __version__ = "0.1.0"
 
 
-_LAZY = {"Loader": ".loader", "Stats": ".stats", "empty": ".batchmem", "rng": ".randomness",
+_LAZY = {"Loader": ".loader", "PackedStrings": ".packed", "Stats": ".stats", "empty": ".batchmem", "rng": ".randomness",
          "batched": ".sources", "mix": ".sources"}
 
 

@@ -103,6 +103,15 @@ class Loader(Generic[B]):
             epoch may skip instead of raising: an int, or a float fraction of the epoch's
             batches. Each skip is logged (logger "prefetch"), counted in `stats.skipped` and
             recorded in `state_dict()`; the next failure past the budget is raised.
+        share_dataset: for process workers: the dataset's large buffers (numpy arrays of 1 MiB
+            or more, anywhere in it) are placed once in shared memory that every worker maps,
+            instead of a copy per worker. `True` (default): read-only in the workers — writing
+            to such an array in `__getitem__` raises numpy's "assignment destination is
+            read-only"; `"copy-on-write"`: workers may write, each to its own copy of the pages
+            it changes; `False`: each worker unpickles a private copy (as Keras and PyTorch's
+            spawn do). This process's own arrays are moved onto the shared pages too (their
+            identity and contents unchanged; a page it writes becomes its own again, and the
+            change reaches the workers at the next epoch). See "Memory" in the README.
 
     Example:
         >>> import prefetch
@@ -115,7 +124,7 @@ class Loader(Generic[B]):
                  max_queue_size: int | None = None, executor: Any = None, shuffle: bool = False,
                  seed: int | None = None, ordered: bool = True, shard: Shard | None = None,
                  start_method: str | None = None, warm_start: bool = False, timeout: float | None = None,
-                 max_failures: float = 0):
+                 max_failures: float = 0, share_dataset: bool | str = True):
         info = inspect_dataset(dataset)
         if workers is None:
             workers = info.workers
@@ -168,6 +177,9 @@ class Loader(Generic[B]):
         max_failures = check_max_failures(max_failures)
         if isinstance(max_failures, float) and info.num_batches is None:
             raise ValueError("max_failures as a fraction needs a finite dataset; give an infinite one an int")
+        if share_dataset not in (True, False, "read-only", "copy-on-write"):
+            raise ValueError(f"share_dataset must be True, False, 'read-only' or 'copy-on-write', got {share_dataset!r}")
+        share = None if share_dataset is False else "read-only" if share_dataset is True else str(share_dataset)
         if start_method not in (None, *_START_METHODS):
             raise ValueError(f"start_method must be 'forkserver', 'spawn' or 'fork', got {start_method!r}")
         # A dataset that shards itself (at sample level: prefetch.batched) gives this host's
@@ -207,8 +219,10 @@ class Loader(Generic[B]):
             self._finalizer = weakref.finalize(self, _nothing)
             return
         make = executor_factory(self.executor, dataset, workers, window=window, is_async=info.is_async,
-                                start_method=start_method, warm_start=bool(warm_start), timeout_s=timeout_s)
+                                start_method=start_method, warm_start=bool(warm_start), timeout_s=timeout_s,
+                                share_dataset=share)
         self._engine = Engine(make)
+        self.stats.processes = self._engine.processes
         self._engine.start_early()  # process workers boot while the caller builds its model
         # The engine never refers back to the loader, so a dropped loader is collected and
         # this closes its workers (also at interpreter exit).

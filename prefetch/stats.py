@@ -8,8 +8,11 @@ few attribute updates per batch, small against even a no-op batch (see benchmark
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any
+
+from .memory import Memory, measure
 
 _KEEP = 4096  # recent samples kept for percentiles and the timeline
 
@@ -57,6 +60,8 @@ class Stats:
         self._timeline: deque[tuple[float, int, int]] = deque(maxlen=_KEEP)
         self._last_sample = 0.0
         self._worker_changes: list[tuple[float, int]] = [(0.0, workers)]
+        # Set by the loader: the worker processes' pids and the dataset bytes in shared memory.
+        self.processes: Callable[[], tuple[list[int], int]] = lambda: ([], 0)
 
     # -- recording ------------------------------------------------------------------------------
     def epoch_started(self) -> None:
@@ -125,6 +130,12 @@ class Stats:
     def utilisation(self) -> float:
         """Busy time of the workers over their available time (1.0 = always busy)."""
         return min(1.0, self.busy_s / max(self.iterating_s * max(self.workers, 1), 1e-9))
+
+    def memory(self) -> Memory:
+        """PSS of this process and of each worker process now (read from /proc, on demand:
+        a few ms). Example: `print(loader.stats.memory())`."""
+        pids, shared = self.processes()
+        return measure(pids, shared)
 
     def timeline(self) -> list[tuple[float, int, int]]:
         """(seconds since start, batches in flight, batches ready) samples."""

@@ -44,6 +44,13 @@ class Engine:
                 self.executor = executor
             return self.executor
 
+    def processes(self) -> tuple[list[int], int]:
+        """The executor's worker pids and the dataset bytes it placed in shared memory (any thread)."""
+        ex = self.executor
+        if ex is None:
+            return [], 0
+        return ex.processes()
+
     def start_early(self) -> None:
         """At the Loader's construction: start executors that gain from it (process workers
         boot while the caller builds its model) — slow ones in the background, where an error

@@ -53,20 +53,24 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
-def map_fd(fd: int, size: int, *, populate: bool = False) -> np.ndarray:
-    """Map `size` bytes of `fd` shared and writeable; the descriptor may be closed right after.
+def map_fd(fd: int, size: int, *, populate: bool = False, writable: bool = True, private: bool = False) -> np.ndarray:
+    """Map `size` bytes of `fd`; the descriptor may be closed right after.
 
+    Shared and writeable by default; `writable=False` maps it read-only (the array is
+    read-only too), `private=True` copy-on-write (writes stay in this process).
     Returns a uint8 array over the whole mapping. Arrays made from it keep the mapping alive;
     it is unmapped when the last of them is collected.
     """
-    flags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
-    addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, 0)
+    flags = (mmap.MAP_PRIVATE if private else mmap.MAP_SHARED) | (_POPULATE if populate else 0)
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+    addr = _libc.mmap(None, size, prot, flags, fd, 0)
     if addr is None or addr == _MAP_FAILED:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap of a {size}-byte shared-memory segment failed: {os.strerror(err)}")
     buf = (ctypes.c_uint8 * size).from_address(addr)
     weakref.finalize(buf, _libc.munmap, addr, size).atexit = False
-    return np.frombuffer(memoryview(buf), dtype=np.uint8)
+    view = memoryview(buf)
+    return np.frombuffer(view if writable else view.toreadonly(), dtype=np.uint8)
 
 
 def owner_buffer(view: np.ndarray) -> Any:

@@ -21,10 +21,13 @@ def is_dask_client(obj: Any) -> bool:
 
 def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_async: bool,
                      start_method: str | None, warm_start: bool = False,
-                     timeout_s: float | None = None) -> Callable[[], Executor]:
+                     timeout_s: float | None = None, share_dataset: str | None = "read-only"
+                     ) -> Callable[[], Executor]:
     """A zero-argument constructor for the executor a Loader asked for.
 
     `timeout_s`: a batch running longer fails with `prefetch.BatchTimeout` (None: no limit).
+    `share_dataset`: process workers map the dataset's large buffers from shared memory,
+    `"read-only"` or `"copy-on-write"`; None: each worker unpickles a private copy.
     Attributes on it tell the engine when to call it: `eager` (cheap to start, and starting
     early pays: right away), `blocks` (slow to start: on a background thread, right away).
     """
@@ -37,12 +40,12 @@ def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_a
 
         return lambda: ThreadExecutor(dataset, workers, timeout_s=timeout_s)
     if kind == "process":
-        from ..process import ProcessExecutor, Snapshot
+        from ..process import DatasetSync, ProcessExecutor
 
-        snapshot = Snapshot(dataset)  # now: an unpicklable dataset fails at Loader(), naming the culprit
+        sync = DatasetSync(dataset, share_dataset)  # now: an unpicklable dataset fails at Loader(), naming the culprit
 
         def make() -> Executor:
-            return ProcessExecutor(dataset, workers, snapshot, window=window, start_method=start_method,
+            return ProcessExecutor(dataset, workers, sync, window=window, start_method=start_method,
                                    warm_start=warm_start, timeout_s=timeout_s)
 
         make.eager = True  # type: ignore[attr-defined]  # start() returns at once; workers load on their own

@@ -44,6 +44,10 @@ class Executor:
         self._idle_waiters: list[asyncio.Future] = []
 
     # -- on the loop thread ---------------------------------------------------------------
+    def processes(self) -> tuple[list[int], int]:
+        """Pids of local worker processes, and dataset bytes placed in shared memory for them."""
+        return [], 0
+
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
 

@@ -6,7 +6,8 @@
 - `child`: the worker's main function (runs in the worker process);
 - `protocol`: the named messages between the two sides;
 - `wire`: framed, non-blocking transport with file descriptors riding along;
-- `sync`: the dataset snapshot and the changes shipped between epochs;
+- `sync`: the dataset as workers have it, and the changes shipped between epochs;
+- `share`: the dataset's large buffers, placed once in shared memory for every worker;
 - `warmstart`: opt-in first batches in the main process while workers start.
 
 Shared memory itself (segments, encoding a batch, the allocator) is `..shm` / `..arena`.
@@ -14,12 +15,11 @@ Shared memory itself (segments, encoding a batch, the allocator) is `..shm` / `.
 
 from typing import Any
 
-__all__ = ["ProcessExecutor", "Snapshot", "default_start_method", "pickle_dataset"]
+__all__ = ["DatasetSync", "ProcessExecutor", "default_start_method"]
 
 # Loaded on first use: the fork server and the workers import this package for `child` and
 # `zygote` alone, and must not pay for the executor's event-loop machinery.
-_LAZY = {"ProcessExecutor": "executor", "Snapshot": "sync", "pickle_dataset": "sync",
-         "default_start_method": "pool"}
+_LAZY = {"ProcessExecutor": "executor", "DatasetSync": "sync", "default_start_method": "pool"}
 
 
 def __getattr__(name: str) -> Any:

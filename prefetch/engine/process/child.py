@@ -8,7 +8,6 @@ for every worker it makes.
 from __future__ import annotations
 
 import faulthandler
-import io
 import os
 import pickle
 import select
@@ -27,6 +26,7 @@ from ...randomness import seed_worker_globals
 from .. import arena, shm
 from ..jobs import run_items
 from . import protocol as P
+from .sync import load_image, load_piece
 from .wire import BlockingEnd
 
 
@@ -55,10 +55,36 @@ class _Unpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _load(blob: bytes | bytearray, main_ref: str | None) -> Any:
-    u = _Unpickler(io.BytesIO(blob))
-    u.main_ref = main_ref
-    return u.load()
+class _Dataset:
+    """Loads what the main process sends of the dataset: pickles whose large buffers lie in
+    shared segments (see `..process.share`), mapped here read-only or copy-on-write."""
+
+    def __init__(self, main_ref: str | None, share: str):
+        self.main_ref = main_ref
+        self.share = share
+
+    def _unpickler(self, file: Any, buffers: Any) -> _Unpickler:
+        u = _Unpickler(file, buffers=buffers)
+        u.main_ref = self.main_ref
+        return u
+
+    def _map(self, specs: list[tuple[int, int]], fds: list[int]) -> dict[int, np.ndarray]:
+        views = {}
+        for (seg_id, size), fd in zip(specs, fds):
+            try:
+                # No MAP_POPULATE: pages are mapped as the dataset reads them.
+                views[seg_id] = shm.map_fd(fd, size, writable=self.share == "copy-on-write",
+                                           private=self.share == "copy-on-write")
+            finally:
+                os.close(fd)  # the mapping needs no descriptor
+        return views  # unmapped when the last array over a segment is gone
+
+    def image(self, image: P.Image, specs: list[tuple[int, int]], fds: list[int]) -> Any:
+        return load_image(image, self._map(specs, fds), self._unpickler)
+
+    def pieces(self, pieces: dict[str, P.Piece], specs: list[tuple[int, int]], fds: list[int]) -> dict[str, Any]:
+        views = self._map(specs, fds)
+        return {name: load_piece(piece, views, self._unpickler) for name, piece in pieces.items()}
 
 
 def _import_main(ref: str) -> None:
@@ -181,6 +207,16 @@ class _Producer:
         return P.Result(data, placed, needed)
 
 
+def _explain_read_only(exc: BaseException) -> None:
+    """numpy says "assignment destination is read-only"; say why the array is read-only."""
+    if isinstance(exc, ValueError) and "read-only" in str(exc):
+        from ...errors import add_note
+
+        add_note(exc, "prefetch: the dataset's large arrays are shared read-only by all process workers "
+                      "(Loader(share_dataset='read-only'), the default): copy an array before changing it, "
+                      "or pass share_dataset='copy-on-write' to let each worker write to its own copy")
+
+
 def _alive_ranges(made: list, segment: np.ndarray) -> list[tuple[int, int]]:
     base = segment.ctypes.data
     out = []
@@ -219,6 +255,7 @@ def main(sock: socket.socket, *, forked_from_server: bool = False, close_fds: tu
     assert isinstance(boot, P.Boot)
     slot = boot.slot
     named = dict(zip(boot.fds, fds))
+    segment_fds = fds[len(boot.fds):]
     ctrl = shm.ControlBlock(boot.control_slots, fd=named["control"]) if "control" in named else None
     if "stack" in named:
         # With a batch timeout: SIGUSR1 writes every thread's Python stack there, in the
@@ -228,22 +265,22 @@ def main(sock: socket.socket, *, forked_from_server: bool = False, close_fds: tu
         faulthandler.register(signal.SIGUSR1, file=named["stack"], all_threads=True, chain=False)
     if forked_from_server:
         sys.path[:] = boot.sys_path
-    ref = boot.main_ref
+    loader = _Dataset(boot.main_ref, boot.share)
     try:
         try:
-            dataset = _load(boot.payload, ref)
+            dataset = loader.image(boot.dataset, boot.segments, segment_fds)
         except BaseException as exc:  # noqa: BLE001 - reported, then this worker ends
             end.send(P.dumps(P.LoadFailed(describe_failure(-1, -1, exc))))
             return 0
         del boot, payload
         arena.enable()
         end.send(P.dumps(P.Ready(os.getpid())))
-        return _serve(end, dataset, ref, slot, ctrl)
+        return _serve(end, dataset, loader, slot, ctrl)
     except (BrokenPipeError, ConnectionResetError):
         return 0  # the main process closed our socket (it is closing or gone): nothing to say
 
 
-def _serve(end: BlockingEnd, dataset: Any, ref: str | None, slot: int, ctrl: shm.ControlBlock | None) -> int:
+def _serve(end: BlockingEnd, dataset: Any, loader: _Dataset, slot: int, ctrl: shm.ControlBlock | None) -> int:
     segments = _Segments()
     produce = _Producer(dataset, slot, segments, ctrl)
     where = f"process worker {os.getpid()}"
@@ -264,7 +301,11 @@ def _serve(end: BlockingEnd, dataset: Any, ref: str | None, slot: int, ctrl: shm
             results, failure, elapsed = run_items(produce, msg.items, msg.seed, msg.epoch, where)
             if ctrl is not None and ctrl.slots is not None:
                 ctrl.slots[slot] = -1
-            info = None if failure is None else describe_failure(failure.position, failure.index, failure.error)
+            info = None
+            if failure is not None:
+                if loader.share == "read-only":
+                    _explain_read_only(failure.error)
+                info = describe_failure(failure.position, failure.index, failure.error)
             # Segments where the dataset kept arrays (even in a failed batch): never reused.
             kept = sorted({*produce.kept, *(i for i in msg.segments
                                             if i is not None and i in segments.views
@@ -277,11 +318,10 @@ def _serve(end: BlockingEnd, dataset: Any, ref: str | None, slot: int, ctrl: shm
             segments.forget(msg.ids)
         elif kind is P.SyncState:
             state = vars(produce.dataset)  # the instance dict itself, as the main process diffed it
-            for name, blob in msg.changed.items():
-                state[name] = _load(blob, ref)
+            state.update(loader.pieces(msg.changed, msg.segments, fds))
             for name in msg.removed:
                 state.pop(name, None)
         elif kind is P.ReplaceDataset:
-            produce.dataset = _load(msg.payload, ref)
+            produce.dataset = loader.image(msg.dataset, msg.segments, fds)
         elif kind is P.Stop:
             return 0

@@ -41,7 +41,7 @@ from ..jobs import Failure, Job
 from . import pool as W
 from . import protocol as P
 from .child import main_ref
-from .sync import DatasetSync, Snapshot
+from .sync import DatasetSync
 
 _DEPTH = 2  # jobs queued per worker, so it never idles for a round trip
 _CONTROL_SLOTS = 512
@@ -79,7 +79,7 @@ class ProcessExecutor(Executor):
     local_processes = True
     job_overhead = 100e-6
 
-    def __init__(self, dataset: Any, workers: int, snapshot: Snapshot, *, window: int,
+    def __init__(self, dataset: Any, workers: int, sync: DatasetSync, *, window: int,
                  start_method: str | None = None, warm_start: bool = False, timeout_s: float | None = None):
         super().__init__(workers)
         self.timeout_s = timeout_s
@@ -88,7 +88,7 @@ class ProcessExecutor(Executor):
         self.start_method = start_method or W.default_start_method()
         self.pool = shm.SegmentPool(keep=window)
         self.control: shm.ControlBlock | None = None
-        self.sync = DatasetSync(dataset, snapshot)
+        self.sync = sync
         self._workers: list[W.Worker] = []  # not DEAD
         self._pending: deque[Job] = deque()
         self._jobs: dict[int, tuple[Job, list]] = {}  # job id -> (job, its segments)
@@ -106,7 +106,7 @@ class ProcessExecutor(Executor):
         if self._warm_wanted and self.start_method != "fork":
             from .warmstart import WarmStart
 
-            self._warm = WarmStart(self.sync.payload(), self._warm_done)
+            self._warm = WarmStart(self.sync.load_here, self._warm_done)
         self._fill_pool()
 
     def _launch(self, slot: int) -> W.Worker:
@@ -118,8 +118,10 @@ class ProcessExecutor(Executor):
         if self._watchdog is not None and named:  # a worker without a control block cannot be timed
             w.stack_fd = shm.anonymous_fd("prefetch-stack", 0)
             named["stack"] = w.stack_fd
-        w.end.send(P.dumps(P.Boot(slot, _CONTROL_SLOTS, list(sys.path), main_ref(),
-                                  self.sync.payload(), list(named))), list(named.values()))
+        image, segments, segment_fds = self.sync.boot()
+        w.end.send(P.dumps(P.Boot(slot, _CONTROL_SLOTS, list(sys.path), main_ref(), image, segments,
+                                  self.sync.share or "private", list(named))),
+                   [*named.values(), *segment_fds])
         if self.loop is not None:
             w.watch(self.loop, self._on_exit)
         return w
@@ -140,6 +142,10 @@ class ProcessExecutor(Executor):
         free = (s for s in itertools.count() if s not in used)
         for _ in range(missing):
             self._launch(next(free))
+
+    def processes(self) -> tuple[list[int], int]:
+        pids = [w.pid for w in list(self._workers) if w.state in W.LIVE and w.pid is not None]
+        return pids, self.sync.shared_bytes
 
     def bind(self, loop: Any) -> None:
         super().bind(loop)
@@ -179,14 +185,15 @@ class ProcessExecutor(Executor):
     # -- jobs ------------------------------------------------------------------------------------
     def begin_epoch(self, epoch: int) -> None:
         self._fill_pool()  # replace workers that died, or retry ones that could not start
-        msg = self.sync.changes()
-        if msg is not None:
+        change = self.sync.changes()
+        if change is not None:
+            msg, fds = change
             frame = P.dumps(msg)
             for w in self._workers:
                 if w.state in W.LIVE:
-                    w.end.send(frame)
+                    w.end.send(frame, fds)  # the shared buffers go once: each worker gets their fds
             if self._warm is not None:
-                self._warm.reload(self.sync.payload())
+                self._warm.reload(self.sync.load_here)
 
     def _submit(self, job: Job) -> None:
         self._pending.append(job)
@@ -526,6 +533,7 @@ class ProcessExecutor(Executor):
         workers, self._workers = self._workers, []
         W.end_all(workers)
         self.pool.close()
+        self.sync.close()
         if self.control is not None:
             self.control.close()
             self.control = None

@@ -29,17 +29,36 @@ class Fork(NamedTuple):
 
 
 # -- main process -> worker ----------------------------------------------------------------------
+class Piece(NamedTuple):
+    """An object pickled with protocol 5 whose large buffers lie in shared segments (see `.share`)."""
+
+    data: bytes
+    buffers: list[tuple[int, int, int]]  # per out-of-band buffer, in pickle order: (segment id, offset, nbytes)
+
+
+class Image(NamedTuple):
+    """The dataset as a worker loads it: with `cls`, an instance of that class whose instance
+    dict holds `attrs` (so attributes can be replaced one by one later); without, `attrs[""]`
+    is the whole dataset."""
+
+    cls: Piece | None
+    attrs: dict[str, Piece]
+
+
 class Boot(NamedTuple):
     """First message: who the worker is and the dataset to load. Its fds are named in `fds`:
     "control" (the control block) and, with a batch timeout, "stack" (a file for
-    `faulthandler` to write the worker's stack into on SIGUSR1, read by the main process)."""
+    `faulthandler` to write the worker's stack into on SIGUSR1, read by the main process);
+    the fds of `segments` follow them."""
 
     slot: int  # the worker's index in the pool: its control-block entry and seed stream
     control_slots: int  # entries in the control block
     sys_path: list[str]  # the main process's import path
     main_ref: str | None  # the main script (a path, or "module:NAME"), imported only if a pickle needs `__main__`
-    payload: bytes  # the dataset, pickled (protocol 5)
-    fds: list[str]  # what each fd riding along is, in order: "control", "stack"
+    dataset: Image
+    segments: list[tuple[int, int]]  # (segment id, size) of the shared dataset buffers
+    share: str  # how the worker maps them: "read-only" or "copy-on-write"
+    fds: list[str]  # what each named fd riding along is, in order: "control", "stack"
 
 
 class MapSegments(NamedTuple):
@@ -65,16 +84,19 @@ class Forget(NamedTuple):
 
 
 class SyncState(NamedTuple):
-    """Attributes of the dataset the main process changed between epochs."""
+    """Attributes of the dataset the main process changed between epochs; the fds of
+    `segments` ride along."""
 
-    changed: dict[str, bytes]  # name -> pickle
+    changed: dict[str, Piece]  # name -> its new value
     removed: list[str]
+    segments: list[tuple[int, int]]
 
 
 class ReplaceDataset(NamedTuple):
-    """The whole dataset, pickled (when attributes cannot be diffed)."""
+    """The whole dataset (when attributes cannot be diffed); the fds of `segments` ride along."""
 
-    payload: bytes
+    dataset: Image
+    segments: list[tuple[int, int]]
 
 
 class Stop(NamedTuple):

@@ -1,10 +1,16 @@
-"""The dataset as the workers have it: the first snapshot, and what changes between epochs.
+"""The dataset as the workers have it: the first image, and what changes between epochs.
 
 The main process may change the dataset between epochs (`on_epoch_begin`/`on_epoch_end`, or
-by hand). Before each epoch it fingerprints the dataset's attributes (pickle protocol 5,
-array buffers hashed in place) and ships only the attributes whose fingerprint changed —
-once per worker, in the order of everything else on its socket, so a worker still loading
-the first snapshot applies the change right after it.
+by hand). Before each epoch it compares the dataset with what the workers have and ships
+only the attributes that changed — once per worker, in the order of everything else on its
+socket, so a worker still loading the first image applies the change right after it.
+
+Two ways to ship it (`share`):
+  * shared (`"read-only"`, the default, or `"copy-on-write"`): large buffers go once into
+    shared memory (`.share`); workers map them. A buffer is "changed" when its bytes differ
+    from the shared copy (memcmp, no hashing); its pickle carries only references.
+  * private (`None`): every worker unpickles its own copy; changes are found with
+    `fingerprint` (buffers hashed in place).
 """
 
 from __future__ import annotations
@@ -13,62 +19,172 @@ import pickle
 import sys
 from typing import Any
 
-from ..fingerprint import fingerprint
+from ..fingerprint import fingerprint, plain_state
 from . import protocol as P
+from .share import SharedBuffers
+
+SHARE_MODES = ("read-only", "copy-on-write")
 
 
-def pickle_dataset(dataset: Any) -> bytes:
-    """The dataset's pickle; a clear error up front, naming the attribute that does not pickle."""
-    if sys.platform == "win32":
-        raise ValueError("executor='process' needs a POSIX system (Linux, macOS); use threads on Windows")
-    try:
-        return pickle.dumps(dataset, protocol=5)
-    except Exception as exc:
-        culprit = ""
-        for name, value in (vars(dataset).items() if hasattr(dataset, "__dict__") else ()):
+def _unpicklable(dataset: Any, exc: Exception, name: str | None = None) -> TypeError:
+    culprit = ""
+    if name is not None:
+        culprit = f" (attribute {name!r} of type {type(vars(dataset)[name]).__name__})"
+    else:
+        for attr, value in (vars(dataset).items() if hasattr(dataset, "__dict__") else ()):
             try:
                 pickle.dumps(value, protocol=5)
             except Exception:  # noqa: BLE001
-                culprit = f" (attribute {name!r} of type {type(value).__name__})"
+                culprit = f" (attribute {attr!r} of type {type(value).__name__})"
                 break
-        raise TypeError(f"use_multiprocessing / executor='process' sends the dataset to worker processes, but "
-                        f"{type(dataset).__name__} cannot be pickled{culprit}: {exc}") from exc
+    err = TypeError(f"use_multiprocessing / executor='process' sends the dataset to worker processes, but "
+                    f"{type(dataset).__name__} cannot be pickled{culprit}: {exc}")
+    err.__cause__ = exc
+    return err
 
 
-class Snapshot:
-    """The dataset as the workers will first get it: its pickle, and its fingerprint to diff
-    later epochs against (taken together, so they always describe the same state)."""
-
-    def __init__(self, dataset: Any):
-        self.payload = pickle_dataset(dataset)
-        self.prints = fingerprint(dataset)
+def _check_platform() -> None:
+    if sys.platform == "win32":
+        raise ValueError("executor='process' needs a POSIX system (Linux, macOS); use threads on Windows")
 
 
 class DatasetSync:
-    """Tracks the state the workers have; `changes()` says what to send them now."""
+    """Tracks the state the workers have: `boot()` is what a worker starting now loads,
+    `changes()` what running workers are sent before an epoch. Created at `Loader()`, so a
+    dataset that cannot be pickled fails there, naming the attribute."""
 
-    def __init__(self, dataset: Any, snapshot: Snapshot):
+    def __init__(self, dataset: Any, share: str | None = "read-only"):
+        _check_platform()
+        if share is not None and share not in SHARE_MODES:
+            raise ValueError(f"share must be one of {SHARE_MODES} or None, got {share!r}")
         self.dataset = dataset
-        self._payload: bytes | None = snapshot.payload
-        self._prints: Any = snapshot.prints
+        self.share = share
+        self.store: SharedBuffers | None = SharedBuffers() if share is not None else None
+        self._plain = plain_state(dataset)
+        # Invariant: `_image` is what every live worker has (or will have, in socket order);
+        # None after `close()`.
+        self._image: P.Image | None = self._take()
+        self._prints: Any = fingerprint(dataset) if self.store is None else None
 
-    def payload(self) -> bytes:
-        """The dataset as it is now, pickled (for a worker that starts now)."""
-        if self._payload is None:
-            self._payload = pickle_dataset(self.dataset)
-        return self._payload
+    # -- pickling ---------------------------------------------------------------------------
+    def _piece(self, value: Any, name: str | None = None) -> P.Piece:
+        try:
+            if self.store is None:
+                return P.Piece(pickle.dumps(value, protocol=5), [])
+            return self.store.pickle(value)
+        except Exception as exc:
+            raise _unpicklable(self.dataset, exc, name) from exc
 
-    def changes(self) -> P.SyncState | P.ReplaceDataset | None:
-        """The message that brings running workers up to date, or None when nothing changed."""
-        new = fingerprint(self.dataset)
-        old = self._prints
-        if new == old:
+    def _take(self) -> P.Image:
+        ds = self.dataset
+        if self._plain:
+            return P.Image(self._piece(type(ds)), {k: self._piece(v, k) for k, v in vars(ds).items()})
+        return P.Image(None, {"": self._piece(ds)})
+
+    def _specs(self, pieces: Any) -> tuple[list[tuple[int, int]], list[int]]:
+        return self.store.specs(pieces) if self.store is not None else ([], [])
+
+    # -- messages -----------------------------------------------------------------------------
+    def boot(self) -> tuple[P.Image, list[tuple[int, int]], list[int]]:
+        """The dataset for a worker that starts now, the segments it maps and their fds."""
+        if self._image is None:  # closed with a pool that failed to start: a new pool takes it anew
+            self._image = self._take()
+        image = self._image
+        specs, fds = self._specs([*image.attrs.values(), *([image.cls] if image.cls else [])])
+        return image, specs, fds
+
+    def changes(self) -> tuple[P.SyncState | P.ReplaceDataset, list[int]] | None:
+        """The message that brings running workers up to date (with the fds riding along),
+        or None when nothing changed."""
+        old = self._image
+        if old is None:
             return None
-        self._prints = new
-        if isinstance(new, dict) and isinstance(old, dict):
-            state = vars(self.dataset)
-            changed = {k: pickle.dumps(state[k], protocol=5) for k, d in new.items() if old.get(k) != d}
-            self._payload = None  # a worker started later gets the dataset as it is then
-            return P.SyncState(changed, [k for k in old if k not in new])
-        self._payload = pickle.dumps(self.dataset, protocol=5)
-        return P.ReplaceDataset(self._payload)
+        ds = self.dataset
+        if self.store is None:  # private copies: find what changed by fingerprint first
+            new_prints = fingerprint(ds)
+            if new_prints == self._prints:
+                return None
+            before, self._prints = self._prints, new_prints
+            if self._plain and isinstance(new_prints, dict) and isinstance(before, dict):
+                state = vars(ds)
+                changed = {k: self._piece(state[k], k) for k, d in new_prints.items() if before.get(k) != d}
+                return self._apply(old, changed, [k for k in before if k not in new_prints])
+            self._image = self._take()
+            return P.ReplaceDataset(self._image, []), []
+        if self._plain:
+            state = dict(vars(ds))
+            changed = {}
+            for k, v in state.items():
+                piece = self._piece(v, k)
+                if old.attrs.get(k) != piece:
+                    changed[k] = piece
+            removed = [k for k in old.attrs if k not in state]
+            if not changed and not removed:
+                return None
+            return self._apply(old, changed, removed)
+        image = self._take()
+        if image == old:
+            return None
+        self._image = image
+        self.store.release(image.attrs.values())
+        specs, fds = self._specs(image.attrs.values())
+        return P.ReplaceDataset(image, specs), fds
+
+    def _apply(self, old: P.Image, changed: dict[str, P.Piece], removed: list[str]
+               ) -> tuple[P.SyncState, list[int]]:
+        attrs = {k: v for k, v in old.attrs.items() if k not in removed}
+        attrs.update(changed)
+        self._image = P.Image(old.cls, attrs)
+        specs, fds = self._specs(changed.values())
+        if self.store is not None:  # segments the image no longer refers to can go now
+            self.store.release([*attrs.values(), *([old.cls] if old.cls else [])])
+        return P.SyncState(changed, removed, specs), fds
+
+    def load_here(self, image: P.Image | None = None) -> Any:
+        """A copy of the dataset in this process, as a worker would load it (warm start)."""
+        image = image or self._image
+        assert image is not None, "the dataset sync is closed"
+        return load_image(image, self._views(image))
+
+    def _views(self, image: P.Image) -> dict[int, Any]:
+        if self.store is None:
+            return {}
+        out: dict[int, Any] = {}
+        for piece in [*image.attrs.values(), *([image.cls] if image.cls else [])]:
+            out.update(self.store.views(piece))
+        return out
+
+    @property
+    def shared_bytes(self) -> int:
+        return self.store.shared_bytes if self.store is not None else 0
+
+    def close(self) -> None:
+        """Close the segments' descriptors (workers keep what they mapped; this process's
+        arrays keep their memory)."""
+        self._image = None
+        if self.store is not None:
+            self.store.close()
+
+
+def load_piece(piece: P.Piece, views: dict[int, Any], unpickler: Any = pickle.Unpickler) -> Any:
+    """Unpickle `piece` with its buffers taken from `views` (segment id -> uint8 mapping)."""
+    import io
+
+    buffers = [memoryview(views[s])[o:o + n] for s, o, n in piece.buffers]
+    return unpickler(io.BytesIO(piece.data), buffers=buffers).load()
+
+
+def load_image(image: P.Image, views: dict[int, Any], unpickler: Any = pickle.Unpickler) -> Any:
+    """The dataset an `Image` describes (see `protocol.Image`)."""
+    if image.cls is None:
+        return load_piece(image.attrs[""], views, unpickler)
+    # What pickle does for an object reduced by `object.__reduce_ex__`: a bare instance, then its state.
+    cls = load_piece(image.cls, views, unpickler)
+    obj = cls.__new__(cls)
+    state = {name: load_piece(piece, views, unpickler) for name, piece in image.attrs.items()}
+    setstate = getattr(obj, "__setstate__", None)
+    if setstate is not None:
+        setstate(state)
+    else:
+        vars(obj).update(state)
+    return obj

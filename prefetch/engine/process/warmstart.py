@@ -3,8 +3,8 @@
 A fresh worker process (forkserver or spawn) needs a few hundred milliseconds to start an
 interpreter, import numpy and unpickle the dataset. Rather than make the training loop wait
 for that, the process executor hands its first jobs, one at a time, to a single thread here
-that runs them on its *own copy* of the dataset, unpickled from the same bytes the workers
-get: the user's dataset object is never touched from this thread, so state it sets in
+that runs them on its *own copy* of the dataset, loaded from the same image the workers
+get (its large arrays: read-only views of the shared copy): the user's dataset object is never touched from this thread, so state it sets in
 `__getitem__` (an opened file, a cache) stays out of the object the workers are synced from.
 As soon as one worker is ready the executor stops feeding this thread and it ends.
 
@@ -21,6 +21,7 @@ import pickle
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from ..executors.base import Job, LoopPoster
 from ..executors.threads import run_job
@@ -28,11 +29,18 @@ from ..executors.threads import run_job
 _STOP = None
 
 
+class _Reload:
+    """A newer state of the dataset, for the thread (loaded on the loop, where the image is current)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+
 class WarmStart:
     """One daemon thread over a copy of the dataset; reports on the executor's loop."""
 
-    def __init__(self, payload: bytes, deliver: Callable[[tuple], None]):
-        self._payload: bytes | None = payload
+    def __init__(self, load: Callable[[], Any], deliver: Callable[[tuple], None]):
+        self._load: Callable[[], Any] | None = load  # makes this thread's copy of the dataset
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._poster = LoopPoster(deliver)
         self._thread: threading.Thread | None = None
@@ -41,12 +49,12 @@ class WarmStart:
     def bind(self, loop) -> None:
         self._poster.rebind(loop)
 
-    def reload(self, payload: bytes) -> None:
+    def reload(self, load: Callable[[], Any]) -> None:
         """On the loop: the dataset changed (an epoch hook): use this state from the next job."""
         if self._thread is None:
-            self._payload = payload
+            self._load = load
         else:
-            self._queue.put(payload)
+            self._queue.put(_Reload(load()))
 
     def run(self, job: Job) -> None:
         """On the loop: run `job` here (the previous one has been reported)."""
@@ -57,20 +65,20 @@ class WarmStart:
         self._queue.put(job)
 
     def _work(self) -> None:
-        payload, self._payload = self._payload, None
+        load, self._load = self._load, None
         try:
-            dataset = pickle.loads(payload)  # type: ignore[arg-type]
+            dataset = load()  # type: ignore[misc]
         except BaseException as exc:  # noqa: BLE001 - the workers will report it properly
             self._poster.post((self._queue.get(), None, exc, 0.0))
             return
-        del payload
+        del load
         where = "the main process while process workers start"
         while True:
             job = self._queue.get()
             if job is _STOP:
                 return
-            if isinstance(job, bytes):  # reload(): a newer state of the dataset
-                dataset = pickle.loads(job)
+            if isinstance(job, _Reload):  # reload(): a newer state of the dataset
+                dataset = job.dataset
                 continue
             values, failure, elapsed = run_job(dataset, job, where)
             try:  # what a worker would hand over: an independent copy, or the pickling error
@@ -87,7 +95,7 @@ class WarmStart:
     def close(self, timeout_s: float = 1.0) -> None:
         """Any thread: end the thread (a call already running finishes on its own)."""
         thread, self._thread = self._thread, None
-        self._payload = None
+        self._load = None
         if thread is not None:
             self._queue.put(_STOP)
             if thread is not threading.current_thread():
