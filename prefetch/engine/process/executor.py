@@ -110,21 +110,25 @@ class ProcessExecutor(Executor):
         self._fill_pool()
 
     def _launch(self, slot: int) -> W.Worker:
+        """Start a worker process; `_boot` sends it what it needs (it may be started first, so
+        that every process is on its way before the dataset's shared copy is written)."""
         w = W.start(self.start_method, slot, self._on_frame, self._on_stream_closed, self._workers,
                     self._preload)
         self._workers.append(w)
+        return w
+
+    def _boot(self, w: W.Worker) -> None:
         control = self.control
-        named = {"control": control.fd} if control is not None and slot < _CONTROL_SLOTS else {}
+        named = {"control": control.fd} if control is not None and w.slot < _CONTROL_SLOTS else {}
         if self._watchdog is not None and named:  # a worker without a control block cannot be timed
             w.stack_fd = shm.anonymous_fd("prefetch-stack", 0)
             named["stack"] = w.stack_fd
         image, segments, segment_fds = self.sync.boot()
-        w.end.send(P.dumps(P.Boot(slot, _CONTROL_SLOTS, list(sys.path), main_ref(), image, segments,
+        w.end.send(P.dumps(P.Boot(w.slot, _CONTROL_SLOTS, list(sys.path), main_ref(), image, segments,
                                   self.sync.share or "private", list(named))),
                    [*named.values(), *segment_fds])
         if self.loop is not None:
             w.watch(self.loop, self._on_exit)
-        return w
 
     def _fill_pool(self) -> None:
         """Start workers on the lowest free slots until `workers` of them take jobs (at start,
@@ -140,8 +144,9 @@ class ProcessExecutor(Executor):
         # A slot is a worker's control-block entry and its random-seed stream: one per process.
         used = {w.slot for w in self._workers}
         free = (s for s in itertools.count() if s not in used)
-        for _ in range(missing):
-            self._launch(next(free))
+        started = [self._launch(next(free)) for _ in range(missing)]
+        for w in started:
+            self._boot(w)
 
     def processes(self) -> tuple[list[int], int]:
         pids = [w.pid for w in list(self._workers) if w.state in W.LIVE and w.pid is not None]

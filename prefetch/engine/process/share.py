@@ -109,6 +109,7 @@ class SharedBuffers:
         self._segments: dict[int, _Segment] = {}
         self._homes: dict[tuple[int, int], tuple[int, int]] = {}
         self._ids = itertools.count()
+        self._unwritten: list[tuple[memoryview, _Segment, int]] = []  # (buffer, its segment, offset)
         self.remapped_bytes = 0  # memory of this process now backed by the segments (for stats)
 
     # -- pickling ---------------------------------------------------------------------------
@@ -126,6 +127,7 @@ class SharedBuffers:
             big.append(raw)
             return False
 
+        self.flush()  # buffers are compared with their copies below
         data = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
         refs: list[tuple[int, int, int] | None] = [self._find(raw) for raw in big]
         new = [i for i, ref in enumerate(refs) if ref is None]
@@ -147,8 +149,10 @@ class SharedBuffers:
         return (seg_id, offset, n)
 
     def _place(self, raws: list[memoryview]) -> list[tuple[int, int, int]]:
-        """Copy `raws` into one new segment; each starts at the same offset within a page as
-        in this process, so its whole pages can be remapped onto the segment's."""
+        """Lay `raws` out in one new segment; each starts at the same offset within a page as
+        in this process, so its whole pages can be remapped onto the segment's. The bytes are
+        copied by `flush()` — at the latest before anything hands the segment out — so that
+        the copy runs while the worker processes start."""
         layout, end = [], 0
         for raw in raws:
             offset = _round_up(end, _PAGE) + _address(raw) % _PAGE
@@ -157,8 +161,6 @@ class SharedBuffers:
         size = max(_round_up(end, _PAGE), _PAGE)
         fd = shm.anonymous_fd("prefetch-dataset", size)
         try:
-            for raw, offset in zip(raws, layout):
-                _write_all(fd, raw, offset)
             seg = _Segment(next(self._ids), fd, size)
         except BaseException:
             os.close(fd)
@@ -166,22 +168,34 @@ class SharedBuffers:
         self._segments[seg.id] = seg
         refs = []
         for raw, offset in zip(raws, layout):
-            addr, n = _address(raw), raw.nbytes
-            self._homes[(addr, n)] = (seg.id, offset)
-            if self.remap and _own_block(addr, n):
-                self.remapped_bytes += _remap(addr, n, fd, offset)
-            refs.append((seg.id, offset, n))
+            self._homes[(_address(raw), raw.nbytes)] = (seg.id, offset)
+            self._unwritten.append((raw, seg, offset))
+            refs.append((seg.id, offset, raw.nbytes))
         return refs
+
+    def flush(self) -> None:
+        """Copy the buffers placed since the last flush into their segments (and remap this
+        process's own blocks onto them)."""
+        while self._unwritten:
+            raw, seg, offset = self._unwritten.pop(0)
+            if seg.fd < 0:
+                continue  # released before it was ever sent
+            _write_all(seg.fd, raw, offset)
+            addr, n = _address(raw), raw.nbytes
+            if self.remap and _own_block(addr, n):
+                self.remapped_bytes += _remap(addr, n, seg.fd, offset)
 
     # -- what workers are sent ----------------------------------------------------------------
     def specs(self, pieces: Iterable[Piece]) -> tuple[list[tuple[int, int]], list[int]]:
         """The segments `pieces` refer to: their (id, size) and descriptors, in one order."""
+        self.flush()
         ids = sorted({seg_id for p in pieces for seg_id, _, _ in p.buffers})
         segs = [self._segments[i] for i in ids]
         return [(s.id, s.size) for s in segs], [s.fd for s in segs]
 
     def views(self, piece: Piece) -> Iterator[tuple[int, np.ndarray]]:
         """This process's read-only mappings of the segments `piece` refers to."""
+        self.flush()
         for seg_id in sorted({s for s, _, _ in piece.buffers}):
             yield seg_id, self._segments[seg_id].view
 
@@ -190,6 +204,7 @@ class SharedBuffers:
         used = {seg_id for p in keep for seg_id, _, _ in p.buffers}
         for seg_id in [i for i in self._segments if i not in used]:
             self._segments.pop(seg_id).close()
+        self._unwritten = [u for u in self._unwritten if u[1].fd >= 0]
         self._homes = {k: v for k, v in self._homes.items() if v[0] in self._segments}
 
     @property
