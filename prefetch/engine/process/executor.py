@@ -144,6 +144,10 @@ class ProcessExecutor(Executor):
         # A slot is a worker's control-block entry and its random-seed stream: one per process.
         used = {w.slot for w in self._workers}
         free = (s for s in itertools.count() if s not in used)
+        if missing > 0 and self.start_method == "fork":
+            # A forked worker inherits this process's memory: let it inherit the dataset's
+            # arrays already on the shared pages, not the private ones they are moved from.
+            self.sync.flush()
         started = [self._launch(next(free)) for _ in range(missing)]
         for w in started:
             self._boot(w)

@@ -84,6 +84,11 @@ class DatasetSync:
     def _specs(self, pieces: Any) -> tuple[list[tuple[int, int]], list[int]]:
         return self.store.specs(pieces) if self.store is not None else ([], [])
 
+    def flush(self) -> None:
+        """Write the shared copies of buffers placed but not written yet (see `SharedBuffers.flush`)."""
+        if self.store is not None:
+            self.store.flush()
+
     # -- messages -----------------------------------------------------------------------------
     def boot(self) -> tuple[P.Image, list[tuple[int, int]], list[int]]:
         """The dataset for a worker that starts now, the segments it maps and their fds."""
