@@ -42,18 +42,33 @@ def _shm() -> set[str]:
         return set()
 
 
+def _memfds() -> set[str]:
+    """This process's descriptors of prefetch's anonymous segments (batches, the shared dataset)."""
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:prefetch"):
+            out.add(f"{name} -> {target}")
+    return out
+
+
 @pytest.fixture
 def no_leaks():
-    """Nothing left behind: no prefetch thread, no child process, no /dev/shm entry."""
+    """Nothing left behind: no prefetch thread, no child process, no /dev/shm entry, no
+    descriptor of a shared-memory segment."""
     gc.collect()
-    threads, children, shm = _prefetch_threads(), _children(), _shm()
+    threads, children, shm, memfds = _prefetch_threads(), _children(), _shm(), _memfds()
     yield
     gc.collect()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if _prefetch_threads() == threads and _children() <= children and _shm() <= shm:
+        if _prefetch_threads() == threads and _children() <= children and _shm() <= shm and _memfds() <= memfds:
             break
         time.sleep(0.05)
     assert _prefetch_threads() == threads
     assert _children() <= children, f"child processes left: {_children() - children}"
     assert _shm() <= shm, f"/dev/shm entries left: {_shm() - shm}"
+    assert _memfds() <= memfds, f"shared-memory descriptors left: {_memfds() - memfds}"
