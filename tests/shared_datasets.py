@@ -84,3 +84,25 @@ class Paths(prefetch.PyDataset):
     def __getitem__(self, i):
         k = i * (len(self.paths) // 4)
         return np.array([os.getpid(), len(self.paths[k]), int(self.paths[k][5:14])])
+
+
+class ManyArrays(prefetch.PyDataset):
+    """40 attributes, each a 1 MiB array; `on_epoch_end` replaces one of them (the next in turn)
+    by its value + 1. Batch i: (worker pid, the sum of every array's first value)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        for k in range(40):
+            setattr(self, f"a{k}", np.full(MIB // 8, float(k)))
+        self.turn = 0
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return np.array([os.getpid(), sum(float(getattr(self, f"a{k}")[0]) for k in range(40))])
+
+    def on_epoch_end(self):
+        name = f"a{self.turn % 40}"
+        setattr(self, name, getattr(self, name) + 1.0)
+        self.turn += 1

@@ -16,7 +16,16 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from shared_datasets import MIB, EditsArrayInPlace, HoldsArray, Nested, Paths, ReplacesArray, WritesItsArray
+from shared_datasets import (
+    MIB,
+    EditsArrayInPlace,
+    HoldsArray,
+    ManyArrays,
+    Nested,
+    Paths,
+    ReplacesArray,
+    WritesItsArray,
+)
 
 import prefetch
 
@@ -247,3 +256,24 @@ def test_examples_in_the_docstrings_hold():
     for module in (share, memory, packed):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+@pytest.mark.timeout(120)
+def test_many_arrays_and_many_syncs_keep_a_booting_worker_to_a_few_segments(no_leaks):
+    ds = ManyArrays()
+    base = sum(range(40))
+    with prefetch.Loader(ds, workers=2, executor="process", max_queue_size=2) as loader:
+        for epoch in range(12):  # each epoch's sync ships one replaced array, in a segment of its own
+            got = list(loader)
+            assert [b[1] for b in got] == [base + epoch] * 4
+            pids = {int(b[0]) for b in got}
+        assert len(_dataset_fds()) <= 8, "many syncs are compacted into one segment"
+        for p in psutil.Process().children(recursive=True):
+            if p.pid in pids:
+                p.kill()  # replacements boot from the compacted state
+        total = []
+        try:
+            total = list(loader)
+        except prefetch.WorkerError:
+            total = list(loader)
+        assert [b[1] for b in total] == [base + 12] * 4  # (an epoch cut short calls no on_epoch_end)

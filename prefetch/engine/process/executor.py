@@ -201,6 +201,7 @@ class ProcessExecutor(Executor):
             for w in self._workers:
                 if w.state in W.LIVE:
                     w.end.send(frame, fds)  # the shared buffers go once: each worker gets their fds
+            self.sync.settle()
             if self._warm is not None:
                 self._warm.reload(self.sync.load_here)
 

@@ -115,6 +115,10 @@ class SharedBuffers:
     # -- pickling ---------------------------------------------------------------------------
     def pickle(self, obj: Any) -> Piece:
         """`obj` pickled (protocol 5) with its large buffers by reference to shared segments."""
+        return self.pieces([self.dumps(obj)])[0]
+
+    def dumps(self, obj: Any) -> tuple[bytes, list[memoryview]]:
+        """First half of `pickle`: the pickle and its large buffers, not placed yet."""
         big: list[memoryview] = []
 
         def out_of_band(buf: pickle.PickleBuffer) -> bool:
@@ -127,15 +131,25 @@ class SharedBuffers:
             big.append(raw)
             return False
 
-        self.flush()  # buffers are compared with their copies below
-        data = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
-        refs: list[tuple[int, int, int] | None] = [self._find(raw) for raw in big]
-        new = [i for i, ref in enumerate(refs) if ref is None]
+        self.flush()  # buffers are compared with their copies next
+        return pickle.dumps(obj, protocol=5, buffer_callback=out_of_band), big
+
+    def pieces(self, dumped: list[tuple[bytes, list[memoryview]]]) -> list[Piece]:
+        """Second half: buffers already in a segment (unchanged) by reference; the others
+        placed together in one new segment (one descriptor more, whatever their number)."""
+        refs = [[self._find(raw) for raw in raws] for _, raws in dumped]
+        new = [(i, j) for i, row in enumerate(refs) for j, ref in enumerate(row) if ref is None]
         if new:
-            placed = self._place([big[i] for i in new])
-            for i, ref in zip(new, placed):
-                refs[i] = ref
-        return Piece(data, [r for r in refs if r is not None])
+            placed = self._place([dumped[i][1][j] for i, j in new])
+            for (i, j), ref in zip(new, placed):
+                refs[i][j] = ref
+        return [Piece(data, [r for r in row if r is not None]) for (data, _), row in zip(dumped, refs)]
+
+    def compact(self) -> None:
+        """Forget where buffers are: the next pickles place them all anew, in one segment (when
+        many small syncs left many segments: a worker gets one descriptor per segment)."""
+        self.flush()
+        self._homes.clear()
 
     def _find(self, raw: memoryview) -> tuple[int, int, int] | None:
         addr, n = _address(raw), raw.nbytes

@@ -24,6 +24,11 @@ from . import protocol as P
 from .share import SharedBuffers
 
 SHARE_MODES = ("read-only", "copy-on-write")
+MAX_SEGMENTS = 8  # a worker booting later gets the dataset in one segment when it spans more
+
+
+def _all_pieces(image: P.Image) -> list[P.Piece]:
+    return [*image.attrs.values(), *([image.cls] if image.cls else [])]
 
 
 def _unpicklable(dataset: Any, exc: Exception, name: str | None = None) -> TypeError:
@@ -67,19 +72,27 @@ class DatasetSync:
         self._prints: Any = fingerprint(dataset) if self.store is None else None
 
     # -- pickling ---------------------------------------------------------------------------
-    def _piece(self, value: Any, name: str | None = None) -> P.Piece:
-        try:
-            if self.store is None:
-                return P.Piece(pickle.dumps(value, protocol=5), [])
-            return self.store.pickle(value)
-        except Exception as exc:
-            raise _unpicklable(self.dataset, exc, name) from exc
+    def _pieces(self, values: dict[str, Any], whole: bool = False) -> dict[str, P.Piece]:
+        """Each value pickled; in shared mode their new large buffers share one new segment."""
+        dumped: dict[str, tuple[bytes, list]] = {}
+        for name, value in values.items():
+            try:
+                if self.store is None:
+                    dumped[name] = (pickle.dumps(value, protocol=5), [])
+                else:
+                    dumped[name] = self.store.dumps(value)
+            except Exception as exc:
+                raise _unpicklable(self.dataset, exc, None if whole else name) from exc
+        if self.store is None:
+            return {name: P.Piece(data, []) for name, (data, _) in dumped.items()}
+        return dict(zip(dumped, self.store.pieces(list(dumped.values()))))
 
     def _take(self) -> P.Image:
         ds = self.dataset
         if self._plain:
-            return P.Image(self._piece(type(ds)), {k: self._piece(v, k) for k, v in vars(ds).items()})
-        return P.Image(None, {"": self._piece(ds)})
+            cls = self._pieces({"": type(ds)}, whole=True)[""]
+            return P.Image(cls, self._pieces(dict(vars(ds))))
+        return P.Image(None, self._pieces({"": ds}, whole=True))
 
     def _specs(self, pieces: Any) -> tuple[list[tuple[int, int]], list[int]]:
         return self.store.specs(pieces) if self.store is not None else ([], [])
@@ -94,9 +107,20 @@ class DatasetSync:
         """The dataset for a worker that starts now, the segments it maps and their fds."""
         if self._image is None:  # closed with a pool that failed to start: a new pool takes it anew
             self._image = self._take()
-        image = self._image
-        specs, fds = self._specs([*image.attrs.values(), *([image.cls] if image.cls else [])])
-        return image, specs, fds
+        specs, fds = self._specs(_all_pieces(self._image))
+        return self._image, specs, fds
+
+    def settle(self) -> None:
+        """Right after the message of `changes()` was sent (the dataset is what the workers were
+        just sent; the transport holds its own copies of the fds): when syncs left
+        the state spread over many segments, place it anew in one, for workers that start
+        later (one descriptor each; those running keep theirs — the contents are the same)."""
+        if self.store is None or self._image is None:
+            return
+        if len({s for p in _all_pieces(self._image) for s, _, _ in p.buffers}) > MAX_SEGMENTS:
+            self.store.compact()
+            self._image = self._take()
+            self.store.release(_all_pieces(self._image))
 
     def changes(self) -> tuple[P.SyncState | P.ReplaceDataset, list[int]] | None:
         """The message that brings running workers up to date (with the fds riding along),
@@ -112,17 +136,13 @@ class DatasetSync:
             before, self._prints = self._prints, new_prints
             if self._plain and isinstance(new_prints, dict) and isinstance(before, dict):
                 state = vars(ds)
-                changed = {k: self._piece(state[k], k) for k, d in new_prints.items() if before.get(k) != d}
+                changed = self._pieces({k: state[k] for k, d in new_prints.items() if before.get(k) != d})
                 return self._apply(old, changed, [k for k in before if k not in new_prints])
             self._image = self._take()
             return P.ReplaceDataset(self._image, []), []
         if self._plain:
             state = dict(vars(ds))
-            changed = {}
-            for k, v in state.items():
-                piece = self._piece(v, k)
-                if old.attrs.get(k) != piece:
-                    changed[k] = piece
+            changed = {k: p for k, p in self._pieces(state).items() if old.attrs.get(k) != p}
             removed = [k for k in old.attrs if k not in state]
             if not changed and not removed:
                 return None
@@ -142,7 +162,7 @@ class DatasetSync:
         self._image = P.Image(old.cls, attrs)
         specs, fds = self._specs(changed.values())
         if self.store is not None:  # segments the image no longer refers to can go now
-            self.store.release([*attrs.values(), *([old.cls] if old.cls else [])])
+            self.store.release(_all_pieces(self._image))
         return P.SyncState(changed, removed, specs), fds
 
     def load_here(self, image: P.Image | None = None) -> Any:
@@ -155,7 +175,7 @@ class DatasetSync:
         if self.store is None:
             return {}
         out: dict[int, Any] = {}
-        for piece in [*image.attrs.values(), *([image.cls] if image.cls else [])]:
+        for piece in _all_pieces(image):
             out.update(self.store.views(piece))
         return out
 
