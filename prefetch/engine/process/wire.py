@@ -157,6 +157,7 @@ class LoopEnd:
     def detach(self) -> None:
         loop, self._loop = self._loop, None
         self._writing = False
+        self._flush_soon = False  # a flush scheduled there no longer runs (see _flush_on)
         if loop is None or loop.is_closed():
             return
         for remove in (loop.remove_reader, loop.remove_writer):
@@ -184,12 +185,18 @@ class LoopEnd:
                 # Written at the end of this loop iteration: several frames queued meanwhile
                 # (a burst of jobs) cost one system call and one wake-up of the worker.
                 self._flush_soon = True
-                self._loop.call_soon(self._flush)
+                self._loop.call_soon(self._flush_on, self._loop)
 
     def _want_write(self) -> None:
         if self._loop is not None and not self._writing:
             self._writing = True
             self._loop.add_writer(self.fd, self._flush)
+
+    def _flush_on(self, loop: Any) -> None:
+        """The flush `send` scheduled: nothing if this end left that loop since (its output
+        waits for the next attach, and `close` may be emptying it from another thread)."""
+        if loop is self._loop:
+            self._flush()
 
     def _flush(self) -> None:
         self._flush_soon = False
