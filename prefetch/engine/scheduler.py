@@ -41,8 +41,15 @@ class ChunkSizer:
             return 1
         want = int(self.target / max(self.latency, 1e-7))
         workers = max(1, self.executor.workers)
+        overhead = self.executor.job_overhead
+        if window * self.latency < overhead:
+            # The whole window is less work than one round trip: jobs run in parallel could
+            # save less than that, and each one costs a round trip on the loop. One job
+            # carries the window (no-op batches at a small window: one round trip per
+            # window instead of one per worker).
+            return max(1, min(want, window, free))
         share = max(1, window // (2 * workers))  # two jobs per worker: one runs, one waits
-        if share * self.latency < self.executor.job_overhead:
+        if share * self.latency < overhead:
             # Batches so cheap that even two queued jobs cannot hide a round trip: fewer,
             # larger jobs (a worker's whole share of the window) cost less than the overlap.
             share = max(1, window // workers)

@@ -275,6 +275,8 @@ def decode(data: bytes, seg: Segment | None, placed: list, release: Callable[[Se
     `bytearray` (a copy the worker made because its dataset kept that array). Returns the
     batch and whether it uses `seg` (if not, the caller recycles `seg` at once).
     """
+    if not placed:  # no out-of-band buffer (most small batches)
+        return pickle.loads(data), False
     spans = [p for p in placed if isinstance(p, tuple)]
     if not spans:
         return pickle.loads(data, buffers=placed), False

@@ -182,6 +182,8 @@ class _Producer:
             ctrl.slots[self.slot] = index
         seg_id = self.seg_ids[k]
         segment = self.segments.views.get(seg_id) if seg_id is not None else None
+        if segment is None:  # nowhere to place arrays (no batch so far had large ones): encode only
+            return P.Result(*shm.encode(self.dataset[index], None))
         placement = arena.Placement(segment)
         if not placement.active and arena.available:
             segment = None  # arrays the dataset kept still live in it: leave it alone

@@ -245,10 +245,22 @@ class ProcessExecutor(Executor):
             self.report(job, [], Failure(job.items[0][0], job.items[0][1], error), 0.0)
 
     def _send_job(self, w: W.Worker, job: Job) -> None:
+        n = len(job.items)
+        # No batch had large arrays so far: no segments to give (and none to acquire one by one).
+        segs = self._segments_for(w, n) if self.pool.size_hint else [None] * n
+        # Accounted to the worker first: if it is dying, its exit reports this job.
+        job_id = next(self._next_job)
+        self._jobs[job_id] = (job, segs)
+        w.jobs.append(job_id)
+        w.end.send(P.dumps(P.Run(job_id, job.epoch, job.seed, job.items,
+                                 [s.id if s is not None else None for s in segs])))
+
+    def _segments_for(self, w: W.Worker, n: int) -> list[shm.Segment | None]:
+        """A segment (or None) for each of `n` batches `w` will make."""
         pool = self.pool
         segs: list[shm.Segment | None] = []
         try:
-            for _ in job.items:
+            for _ in range(n):
                 seg, new = pool.acquire(w.slot)
                 if new:
                     self._share(seg)  # type: ignore[arg-type]
@@ -261,12 +273,7 @@ class ProcessExecutor(Executor):
         if pool.retired:
             self._forget(pool.retired)
             pool.retired = []
-        # Accounted to the worker first: if it is dying, its exit reports this job.
-        job_id = next(self._next_job)
-        self._jobs[job_id] = (job, segs)
-        w.jobs.append(job_id)
-        w.end.send(P.dumps(P.Run(job_id, job.epoch, job.seed, job.items,
-                                 [s.id if s is not None else None for s in segs])))
+        return segs
 
     def _share(self, seg: shm.Segment) -> None:
         """A new segment: every live worker maps it now; then no descriptor is kept for it."""
@@ -328,27 +335,28 @@ class ProcessExecutor(Executor):
             if seg is not None and seg.id in msg.kept:
                 seg.kept = True
         pool = self.pool
-        where = f"process worker {w.pid}"
         values: list = []
         failure = None
         cancelled = job.owner.cancelled
+        results = msg.results
         for k, seg in enumerate(segs):
-            result = msg.results[k] if k < len(msg.results) else None
             used = False
-            if result is not None:
-                if result.needed:
-                    pool.observe(result.needed)
+            if k < len(results):
+                data, placed, needed = results[k]
+                if needed:
+                    pool.observe(needed)
                 if not cancelled and failure is None:
-                    position, index = job.items[k]
                     try:
-                        value, used = shm.decode(result.data, seg, result.placed, pool.release)
+                        value, used = shm.decode(data, seg, placed, pool.release)
                         values.append(value)
                     except Exception as exc:  # noqa: BLE001 - this batch's error, not the stream's
-                        failure = Failure(position, index, _undecodable(exc, index, where))
+                        position, index = job.items[k]
+                        failure = Failure(position, index, _undecodable(exc, index, f"process worker {w.pid}"))
             if seg is not None and not used:
                 pool.give_back(seg)
         if failure is None and msg.failure is not None and not cancelled:
             info = msg.failure
+            where = f"process worker {w.pid}"
             failure = Failure(info.position, info.batch, rebuild_exception(info, where))
         if w.state is W.State.RETIRING and not w.jobs:
             self._stop(w)

@@ -144,9 +144,27 @@ class Done(NamedTuple):
     kept: list[int]  # segment ids in which the dataset kept arrays: never to be reused
 
 
+# On the wire a message is (its kind's code, its fields as a plain tuple): pickling a
+# NamedTuple calls back into Python (`__getnewargs__`, then the class's `__new__` on load),
+# several times the cost of a plain tuple — paid for every `Run`, `Done` and `Result`, on
+# the loop the whole pool waits on. Every message type has a code here.
+_KINDS: tuple[type, ...] = (Fork, Boot, MapSegments, Run, Forget, SyncState, ReplaceDataset, Stop,
+                            Ready, LoadFailed, Done)
+_CODES = {kind: code for code, kind in enumerate(_KINDS)}
+_new = tuple.__new__  # builds a NamedTuple from its fields without a Python-level call
+
+
 def dumps(msg: Any) -> bytes:
-    return pickle.dumps(msg, protocol=5)
+    kind = type(msg)
+    fields = tuple(msg)
+    if kind is Done:  # its results too
+        fields = (fields[0], [tuple(r) for r in fields[1]], *fields[2:])
+    return pickle.dumps((_CODES[kind], fields), protocol=5)
 
 
 def loads(frame: Any) -> Any:
-    return pickle.loads(frame)
+    code, fields = pickle.loads(frame)
+    kind = _KINDS[code]
+    if kind is Done:
+        fields = (fields[0], [_new(Result, r) for r in fields[1]], *fields[2:])
+    return _new(kind, fields)

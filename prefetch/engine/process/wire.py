@@ -28,6 +28,7 @@ HEADER = struct.Struct("<QH")
 MAX_FDS_PER_FRAME = 32
 _CHUNK_BYTES = 256 * 1024  # one read's buffer; a larger frame is received straight into its own
 _ANC_BYTES = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * array.array("i").itemsize)
+_MSG_CTRUNC = int(getattr(socket, "MSG_CTRUNC", 0))  # a plain int: `&` on the enum costs a Python call per read
 
 
 class ProtocolError(RuntimeError):
@@ -45,6 +46,7 @@ class FrameReader:
         self._body: bytearray | None = None  # a large frame's payload, filled in place
         self._filled = 0
         self._body_fds = 0
+        self.drained = False  # the last read took less than it asked for: the socket had no more
 
     def receive(self, sock: socket.socket) -> int:
         """One read (may raise BlockingIOError); returns bytes read, 0 at end of stream."""
@@ -53,12 +55,13 @@ class FrameReader:
         else:
             target = self._scratch
         n, ancdata, flags, _ = sock.recvmsg_into([target], _ANC_BYTES)
+        self.drained = n < len(target)
         for level, kind, data in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds = array.array("i")
                 fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
                 self._fds.extend(fds)
-        if flags & getattr(socket, "MSG_CTRUNC", 0):
+        if flags & _MSG_CTRUNC:
             raise ProtocolError("file descriptors were cut off in transit")
         if n == 0:
             return 0
@@ -154,6 +157,7 @@ class LoopEnd:
     def detach(self) -> None:
         loop, self._loop = self._loop, None
         self._writing = False
+        self._flush_soon = False  # a flush scheduled there no longer runs (see _flush_on)
         if loop is None or loop.is_closed():
             return
         for remove in (loop.remove_reader, loop.remove_writer):
@@ -181,12 +185,18 @@ class LoopEnd:
                 # Written at the end of this loop iteration: several frames queued meanwhile
                 # (a burst of jobs) cost one system call and one wake-up of the worker.
                 self._flush_soon = True
-                self._loop.call_soon(self._flush)
+                self._loop.call_soon(self._flush_on, self._loop)
 
     def _want_write(self) -> None:
         if self._loop is not None and not self._writing:
             self._writing = True
             self._loop.add_writer(self.fd, self._flush)
+
+    def _flush_on(self, loop: Any) -> None:
+        """The flush `send` scheduled: nothing if this end left that loop since (its output
+        waits for the next attach, and `close` may be emptying it from another thread)."""
+        if loop is self._loop:
+            self._flush()
 
     def _flush(self) -> None:
         self._flush_soon = False
@@ -252,6 +262,11 @@ class LoopEnd:
                 while reader.frames and not self.closed:
                     payload, fds = reader.frames.popleft()
                     self._on_frame(payload, fds)
+                if reader.drained:
+                    # A read that got less than it asked for emptied the socket: another
+                    # would only fail (a system call and an exception per wake-up); the
+                    # loop calls again when more arrives.
+                    break
         except (BlockingIOError, InterruptedError):
             pass
         except (OSError, ProtocolError):
