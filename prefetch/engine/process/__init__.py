@@ -19,7 +19,7 @@ __all__ = ["ProcessExecutor", "Snapshot", "default_start_method", "pickle_datase
 # Loaded on first use: the fork server and the workers import this package for `child` and
 # `zygote` alone, and must not pay for the executor's event-loop machinery.
 _LAZY = {"ProcessExecutor": "executor", "Snapshot": "sync", "pickle_dataset": "sync",
-         "default_start_method": "pool"}
+         "default_start_method": "zygote"}
 
 
 def __getattr__(name: str) -> Any:

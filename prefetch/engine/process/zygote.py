@@ -37,6 +37,12 @@ from .wire import BlockingEnd, FrameReader
 _STATUS = struct.Struct("<q")
 
 
+def default_start_method() -> str:
+    """prefetch's fork server where fork exists (safe after JAX/torch started threads: the
+    server forks from a clean, single-threaded interpreter); spawn elsewhere."""
+    return "forkserver" if hasattr(os, "fork") else "spawn"
+
+
 class Zygote:
     """The main process's handle on the server."""
 
