@@ -25,14 +25,16 @@ import selectors
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .protocol import Fork, dumps, loads
 from .wire import BlockingEnd, FrameReader
+
+if TYPE_CHECKING:
+    import subprocess
 
 _STATUS = struct.Struct("<q")
 
@@ -47,14 +49,21 @@ class Zygote:
     """The main process's handle on the server."""
 
     def __init__(self) -> None:
+        import subprocess  # here, not at the top: the server itself never needs it
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Only where prefetch itself lives: each worker gets the full sys.path with its Boot.
+        # -S: `site` is a good part of an interpreter's start (more with .pth files) and the
+        # server needs none of it: it gets this process's sys.path (prefetch's own home first:
+        # an editable install finds it through an import hook) and prefixes instead;
+        # `_SiteOnDemand` covers import hooks that .pth files install.
         home = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["prefetch"].__file__ or "")))
-        code = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; "
-                "sys.path.insert(0, sys.argv[2]); "
+        path = [home, *(p for p in sys.path if p and p != home)]
+        code = ("import sys; sys.prefix, sys.exec_prefix = sys.argv[2:4]; sys.path[:] = sys.argv[4:]; "
+                "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
                 "from prefetch.engine.process.zygote import serve; serve(int(sys.argv[1]))")
         try:
-            self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), home],
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen([sys.executable, "-S", "-c", code, str(theirs.fileno()), sys.prefix,
+                                          sys.exec_prefix, *path],
                                          pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                          start_new_session=False)
         finally:
@@ -83,6 +92,8 @@ class Zygote:
         return self.proc.poll() is None
 
     def close(self) -> None:
+        import subprocess
+
         try:
             self._end.sock.close()  # the server exits when its control socket ends
         except OSError:
@@ -133,6 +144,7 @@ def parse_status(data: bytes) -> tuple[int | None, int | None]:
 # -- the server process ------------------------------------------------------------------------------
 def serve(control_fd: int) -> None:
     """The server's main loop (run in a fresh interpreter by `Zygote`)."""
+    sys.meta_path.append(_SiteOnDemand)  # last: asked only when nothing else finds a module
     # What every worker needs, imported once here and inherited by each fork (numpy.random:
     # each worker seeds its global generators before its first batch).
     import random  # noqa: F401
@@ -185,6 +197,34 @@ def serve(control_fd: int) -> None:
                 except BlockingIOError:
                     pass
                 _reap(status_of)
+
+
+class _SiteOnDemand:
+    """The server runs without `site` (-S) but with the main process's sys.path. What it
+    lacks then is what .pth files run: import hooks such as editable installs' finders (and
+    sitecustomize). The first import nothing else finds runs `site.main()`, which installs
+    them, and is asked again; an import found on sys.path never pays for it. Workers inherit
+    this finder, or what it installed."""
+
+    _lock = threading.Lock()
+    _done = False
+
+    @classmethod
+    def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
+        with cls._lock:
+            if not cls._done:
+                cls._done = True
+                if cls in sys.meta_path:
+                    sys.meta_path.remove(cls)
+                import site
+
+                site.main()
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                return spec
+        return None
 
 
 def _preload(request: Fork) -> None:
