@@ -30,11 +30,13 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .protocol import Fork, dumps, loads
-from .wire import BlockingEnd, FrameReader
-
+# The main process starts the server as soon as a Loader is made, before anything else, so
+# this module imports nothing of prefetch at its top: the wire and the messages load once
+# the server is on its way (the server itself loads them while its workers need them anyway).
 if TYPE_CHECKING:
     import subprocess
+
+    from .protocol import Fork
 
 _STATUS = struct.Struct("<q")
 
@@ -69,6 +71,8 @@ class Zygote:
         finally:
             theirs.close()
         self.pid = os.getpid()  # the process that owns this server (not a fork of it)
+        from .wire import BlockingEnd
+
         self._end = BlockingEnd(ours)
         self._lock = threading.Lock()
 
@@ -79,6 +83,8 @@ class Zygote:
 
         Never waits for the server: the request sits in its socket until the server is up.
         """
+        from .protocol import Fork, dumps
+
         status_ours, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with self._lock:
@@ -153,6 +159,8 @@ def serve(control_fd: int) -> None:
     import numpy.random  # noqa: F401
 
     from . import child
+    from .protocol import loads
+    from .wire import FrameReader
 
     control = socket.socket(fileno=control_fd)
     control.setblocking(False)
