@@ -34,8 +34,6 @@ from typing import TYPE_CHECKING, Any
 # this module imports nothing of prefetch at its top: the wire and the messages load once
 # the server is on its way (the server itself loads them while its workers need them anyway).
 if TYPE_CHECKING:
-    import subprocess
-
     from .protocol import Fork
 
 _STATUS = struct.Struct("<q")
@@ -54,18 +52,13 @@ class Zygote:
         import subprocess  # here, not at the top: the server itself never needs it
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # -S: `site` is a good part of an interpreter's start (more with .pth files) and the
-        # server needs none of it: it gets this process's sys.path (prefetch's own home first:
-        # an editable install finds it through an import hook) and prefixes instead;
-        # `_SiteOnDemand` covers import hooks that .pth files install.
+        # Only where prefetch itself lives: each worker gets the full sys.path with its Boot.
         home = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["prefetch"].__file__ or "")))
-        path = [home, *(p for p in sys.path if p and p != home)]
-        code = ("import sys; sys.prefix, sys.exec_prefix = sys.argv[2:4]; sys.path[:] = sys.argv[4:]; "
-                "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        code = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; "
+                "sys.path.insert(0, sys.argv[2]); "
                 "from prefetch.engine.process.zygote import serve; serve(int(sys.argv[1]))")
         try:
-            self.proc: subprocess.Popen[bytes] = subprocess.Popen([sys.executable, "-S", "-c", code, str(theirs.fileno()), sys.prefix,
-                                          sys.exec_prefix, *path],
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), home],
                                          pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                          start_new_session=False)
         finally:
@@ -150,7 +143,6 @@ def parse_status(data: bytes) -> tuple[int | None, int | None]:
 # -- the server process ------------------------------------------------------------------------------
 def serve(control_fd: int) -> None:
     """The server's main loop (run in a fresh interpreter by `Zygote`)."""
-    sys.meta_path.append(_SiteOnDemand)  # last: asked only when nothing else finds a module
     # What every worker needs, imported once here and inherited by each fork (numpy.random:
     # each worker seeds its global generators before its first batch).
     import random  # noqa: F401
@@ -205,34 +197,6 @@ def serve(control_fd: int) -> None:
                 except BlockingIOError:
                     pass
                 _reap(status_of)
-
-
-class _SiteOnDemand:
-    """The server runs without `site` (-S) but with the main process's sys.path. What it
-    lacks then is what .pth files run: import hooks such as editable installs' finders (and
-    sitecustomize). The first import nothing else finds runs `site.main()`, which installs
-    them, and is asked again; an import found on sys.path never pays for it. Workers inherit
-    this finder, or what it installed."""
-
-    _lock = threading.Lock()
-    _done = False
-
-    @classmethod
-    def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
-        with cls._lock:
-            if not cls._done:
-                cls._done = True
-                if cls in sys.meta_path:
-                    sys.meta_path.remove(cls)
-                import site
-
-                site.main()
-        for finder in list(sys.meta_path):
-            find = getattr(finder, "find_spec", None)
-            spec = find(name, path, target) if find is not None else None
-            if spec is not None:
-                return spec
-        return None
 
 
 def _preload(request: Fork) -> None:
