@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .protocol import Fork
 
 _STATUS = struct.Struct("<q")
+_BLAS_SPIN_LOG2_CYCLES = 4  # OpenBLAS's smallest idle spin (2**4 cycles): see serve()
 
 
 def default_start_method() -> str:
@@ -147,8 +148,22 @@ def serve(control_fd: int) -> None:
     # each worker seeds its global generators before its first batch).
     import random  # noqa: F401
 
-    import numpy
-    import numpy.random  # noqa: F401
+    # OpenBLAS starts its thread pool when numpy loads, and idle pool threads spin for about
+    # 0.1 s before they sleep: on the cores the server's own imports and the main process
+    # need right then (a cold first batch took 20-30% longer on 2 cores). Threads that sleep
+    # at once cost nothing here; workers keep the same number of BLAS threads (the server's
+    # die at its first fork and each worker starts its own when a BLAS call needs them),
+    # which sleep when idle instead of taking CPU from the other workers. The user's own
+    # setting wins, and the environment workers see is the user's.
+    ours = "OPENBLAS_THREAD_TIMEOUT" not in os.environ and "GOTO_THREAD_TIMEOUT" not in os.environ
+    if ours:
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(_BLAS_SPIN_LOG2_CYCLES)
+    try:
+        import numpy
+        import numpy.random  # noqa: F401
+    finally:
+        if ours:
+            del os.environ["OPENBLAS_THREAD_TIMEOUT"]
 
     from . import child
     from .protocol import loads
