@@ -18,15 +18,14 @@ Example:
 
 from typing import TYPE_CHECKING, Any
 
-from .dataset import PyDataset
-from .errors import BatchTimeout, WorkerError
-from .shard import Shard
-
 if TYPE_CHECKING:
     from .batchmem import empty
+    from .dataset import PyDataset
+    from .errors import BatchTimeout, WorkerError
     from .loader import Loader
     from .packed import PackedStrings
     from .randomness import rng
+    from .shard import Shard
     from .sources import batched, mix
     from .stats import Stats
 
@@ -35,13 +34,15 @@ __all__ = ["BatchTimeout", "Loader", "PackedStrings", "PyDataset", "Shard", "Sta
 __version__ = "0.1.0"
 
 
-_LAZY = {"Loader": ".loader", "PackedStrings": ".packed", "Stats": ".stats", "empty": ".batchmem", "rng": ".randomness",
-         "batched": ".sources", "mix": ".sources"}
+_LAZY = {"Loader": ".loader", "PackedStrings": ".packed", "Stats": ".stats", "empty": ".batchmem",
+         "rng": ".randomness", "batched": ".sources", "mix": ".sources", "PyDataset": ".dataset", "Shard": ".shard",
+         "BatchTimeout": ".errors", "WorkerError": ".errors"}
 
 
 def __getattr__(name: str) -> Any:
-    # Loaded on first use: a process worker, which imports prefetch only to run __getitem__,
-    # starts without the Loader's event-loop machinery, and `import prefetch` itself stays light.
+    # Loaded on first use: a process worker (and the fork server, on the way to a cold first
+    # batch) imports prefetch only to run __getitem__, so it starts without the Loader's
+    # machinery, nor PyDataset's when its dataset is a plain class.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'prefetch' has no attribute {name!r}")

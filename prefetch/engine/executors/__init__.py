@@ -40,6 +40,12 @@ def executor_factory(kind: Any, dataset: Any, workers: int, *, window: int, is_a
 
         return lambda: ThreadExecutor(dataset, workers, timeout_s=timeout_s)
     if kind == "process":
+        from ..process import zygote
+
+        if (start_method or zygote.default_start_method()) == "forkserver":
+            # First of all: the server's interpreter start and numpy import are most of a cold
+            # first batch, and they overlap what this process does from here to the first Fork.
+            zygote.server()
         from ..process import DatasetSync, ProcessExecutor
 
         sync = DatasetSync(dataset, share_dataset)  # now: an unpicklable dataset fails at Loader(), naming the culprit

@@ -19,7 +19,7 @@ __all__ = ["DatasetSync", "ProcessExecutor", "default_start_method"]
 
 # Loaded on first use: the fork server and the workers import this package for `child` and
 # `zygote` alone, and must not pay for the executor's event-loop machinery.
-_LAZY = {"ProcessExecutor": "executor", "DatasetSync": "sync", "default_start_method": "pool"}
+_LAZY = {"ProcessExecutor": "executor", "DatasetSync": "sync", "default_start_method": "zygote"}
 
 
 def __getattr__(name: str) -> Any:

@@ -42,6 +42,7 @@ from . import pool as W
 from . import protocol as P
 from .child import main_ref
 from .sync import DatasetSync
+from .zygote import default_start_method
 
 _DEPTH = 2  # jobs queued per worker, so it never idles for a round trip
 _CONTROL_SLOTS = 512
@@ -85,7 +86,7 @@ class ProcessExecutor(Executor):
         self.timeout_s = timeout_s
         self._watchdog = None if timeout_s is None else Watchdog(timeout_s, self._check_timeouts)
         self.dataset = dataset
-        self.start_method = start_method or W.default_start_method()
+        self.start_method = start_method or default_start_method()
         self.pool = shm.SegmentPool(keep=window)
         self.control: shm.ControlBlock | None = None
         self.sync = sync

@@ -39,12 +39,6 @@ from .wire import LoopEnd
 _EXIT_GRACE_S = 0.5  # how long close() waits for workers to leave on their own before SIGKILL
 _KILL_WAIT_S = 1.0  # and then for the killed ones to be gone
 
-def default_start_method() -> str:
-    """prefetch's fork server where fork exists (safe after JAX/torch started threads: the
-    server forks from a clean, single-threaded interpreter); spawn elsewhere."""
-    return "forkserver" if hasattr(os, "fork") else "spawn"
-
-
 class State(enum.Enum):
     BOOTING = "booting"
     READY = "ready"

@@ -25,22 +25,33 @@ import selectors
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .protocol import Fork, dumps, loads
-from .wire import BlockingEnd, FrameReader
+# The main process starts the server as soon as a Loader is made, before anything else, so
+# this module imports nothing of prefetch at its top: the wire and the messages load once
+# the server is on its way (the server itself loads them while its workers need them anyway).
+if TYPE_CHECKING:
+    from .protocol import Fork
 
 _STATUS = struct.Struct("<q")
+_BLAS_SPIN_LOG2_CYCLES = 4  # OpenBLAS's smallest idle spin (2**4 cycles): see serve()
+
+
+def default_start_method() -> str:
+    """prefetch's fork server where fork exists (safe after JAX/torch started threads: the
+    server forks from a clean, single-threaded interpreter); spawn elsewhere."""
+    return "forkserver" if hasattr(os, "fork") else "spawn"
 
 
 class Zygote:
     """The main process's handle on the server."""
 
     def __init__(self) -> None:
+        import subprocess  # here, not at the top: the server itself never needs it
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # Only where prefetch itself lives: each worker gets the full sys.path with its Boot.
         home = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["prefetch"].__file__ or "")))
@@ -54,6 +65,8 @@ class Zygote:
         finally:
             theirs.close()
         self.pid = os.getpid()  # the process that owns this server (not a fork of it)
+        from .wire import BlockingEnd
+
         self._end = BlockingEnd(ours)
         self._lock = threading.Lock()
 
@@ -64,6 +77,8 @@ class Zygote:
 
         Never waits for the server: the request sits in its socket until the server is up.
         """
+        from .protocol import Fork, dumps
+
         status_ours, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with self._lock:
@@ -77,6 +92,8 @@ class Zygote:
         return self.proc.poll() is None
 
     def close(self) -> None:
+        import subprocess
+
         try:
             self._end.sock.close()  # the server exits when its control socket ends
         except OSError:
@@ -131,10 +148,26 @@ def serve(control_fd: int) -> None:
     # each worker seeds its global generators before its first batch).
     import random  # noqa: F401
 
-    import numpy
-    import numpy.random  # noqa: F401
+    # OpenBLAS starts its thread pool when numpy loads, and idle pool threads spin for about
+    # 0.1 s before they sleep: on the cores the server's own imports and the main process
+    # need right then (a cold first batch took 20-30% longer on 2 cores). Threads that sleep
+    # at once cost nothing here; workers keep the same number of BLAS threads (the server's
+    # die at its first fork and each worker starts its own when a BLAS call needs them),
+    # which sleep when idle instead of taking CPU from the other workers. The user's own
+    # setting wins, and the environment workers see is the user's.
+    ours = "OPENBLAS_THREAD_TIMEOUT" not in os.environ and "GOTO_THREAD_TIMEOUT" not in os.environ
+    if ours:
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(_BLAS_SPIN_LOG2_CYCLES)
+    try:
+        import numpy
+        import numpy.random  # noqa: F401
+    finally:
+        if ours:
+            del os.environ["OPENBLAS_THREAD_TIMEOUT"]
 
     from . import child
+    from .protocol import loads
+    from .wire import FrameReader
 
     control = socket.socket(fileno=control_fd)
     control.setblocking(False)
