@@ -26,7 +26,6 @@ from ...randomness import seed_worker_globals
 from .. import arena, shm
 from ..jobs import run_items
 from . import protocol as P
-from .sync import load_image, load_piece
 from .wire import BlockingEnd
 
 
@@ -80,11 +79,11 @@ class _Dataset:
         return views  # unmapped when the last array over a segment is gone
 
     def image(self, image: P.Image, specs: list[tuple[int, int]], fds: list[int]) -> Any:
-        return load_image(image, self._map(specs, fds), self._unpickler)
+        return P.load_image(image, self._map(specs, fds), self._unpickler)
 
     def pieces(self, pieces: dict[str, P.Piece], specs: list[tuple[int, int]], fds: list[int]) -> dict[str, Any]:
         views = self._map(specs, fds)
-        return {name: load_piece(piece, views, self._unpickler) for name, piece in pieces.items()}
+        return {name: P.load_piece(piece, views, self._unpickler) for name, piece in pieces.items()}
 
 
 def _import_main(ref: str) -> None:

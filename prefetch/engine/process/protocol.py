@@ -16,6 +16,7 @@ the job it was running (read from the control block) and of every job queued beh
 
 from __future__ import annotations
 
+import io
 import pickle
 from typing import Any, NamedTuple
 
@@ -168,3 +169,26 @@ def loads(frame: Any) -> Any:
     if kind is Done:
         fields = (fields[0], [_new(Result, r) for r in fields[1]], *fields[2:])
     return _new(kind, fields)
+
+
+# -- reading an Image (the worker; warm start in the main process) ----------------------------------
+def load_piece(piece: Piece, views: dict[int, Any], unpickler: Any = pickle.Unpickler) -> Any:
+    """Unpickle `piece` with its buffers taken from `views` (segment id -> uint8 mapping)."""
+    buffers = [memoryview(views[s])[o:o + n] for s, o, n in piece.buffers]
+    return unpickler(io.BytesIO(piece.data), buffers=buffers).load()
+
+
+def load_image(image: Image, views: dict[int, Any], unpickler: Any = pickle.Unpickler) -> Any:
+    """The dataset an `Image` describes (see `protocol.Image`)."""
+    if image.cls is None:
+        return load_piece(image.attrs[""], views, unpickler)
+    # What pickle does for an object reduced by `object.__reduce_ex__`: a bare instance, then its state.
+    cls = load_piece(image.cls, views, unpickler)
+    obj = cls.__new__(cls)
+    state = {name: load_piece(piece, views, unpickler) for name, piece in image.attrs.items()}
+    setstate = getattr(obj, "__setstate__", None)
+    if setstate is not None:
+        setstate(state)
+    else:
+        vars(obj).update(state)
+    return obj

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..fingerprint import fingerprint, plain_state
 from . import protocol as P
+from .protocol import load_image
 from .share import SharedBuffers
 
 SHARE_MODES = ("read-only", "copy-on-write")
@@ -189,27 +190,3 @@ class DatasetSync:
         self._image = None
         if self.store is not None:
             self.store.close()
-
-
-def load_piece(piece: P.Piece, views: dict[int, Any], unpickler: Any = pickle.Unpickler) -> Any:
-    """Unpickle `piece` with its buffers taken from `views` (segment id -> uint8 mapping)."""
-    import io
-
-    buffers = [memoryview(views[s])[o:o + n] for s, o, n in piece.buffers]
-    return unpickler(io.BytesIO(piece.data), buffers=buffers).load()
-
-
-def load_image(image: P.Image, views: dict[int, Any], unpickler: Any = pickle.Unpickler) -> Any:
-    """The dataset an `Image` describes (see `protocol.Image`)."""
-    if image.cls is None:
-        return load_piece(image.attrs[""], views, unpickler)
-    # What pickle does for an object reduced by `object.__reduce_ex__`: a bare instance, then its state.
-    cls = load_piece(image.cls, views, unpickler)
-    obj = cls.__new__(cls)
-    state = {name: load_piece(piece, views, unpickler) for name, piece in image.attrs.items()}
-    setstate = getattr(obj, "__setstate__", None)
-    if setstate is not None:
-        setstate(state)
-    else:
-        vars(obj).update(state)
-    return obj
