@@ -73,6 +73,25 @@ def map_fd(fd: int, size: int, *, populate: bool = False, writable: bool = True,
     return np.frombuffer(view if writable else view.toreadonly(), dtype=np.uint8)
 
 
+_libc.memcmp.restype = ctypes.c_int
+_libc.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+
+
+def same_bytes(a: int, b: int, n: int) -> bool:
+    """Whether the `n` bytes at addresses `a` and `b` are equal (memcmp; no copy, no hash)."""
+    return _libc.memcmp(a, b, n) == 0
+
+
+def map_fd_at(addr: int, size: int, fd: int, offset: int) -> None:
+    """Map `size` bytes of `fd` from `offset` copy-on-write over this process's memory at
+    `addr` (page-aligned), replacing what was mapped there (MAP_FIXED)."""
+    got = _libc.mmap(addr, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | getattr(mmap, "MAP_FIXED", 0x10),
+                     fd, offset)
+    if got != addr:  # pragma: no cover - MAP_FIXED over our own mapping does not fail short of ENOMEM
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap at a fixed address failed: {os.strerror(err)}")
+
+
 def owner_buffer(view: np.ndarray) -> Any:
     """The object that owns the mapping under `view` (what `holder` arrays are built on)."""
     return view.base
@@ -275,9 +294,7 @@ def decode(data: bytes, seg: Segment | None, placed: list, release: Callable[[Se
     `bytearray` (a copy the worker made because its dataset kept that array). Returns the
     batch and whether it uses `seg` (if not, the caller recycles `seg` at once).
     """
-    if not placed:  # no out-of-band buffer (most small batches)
-        return pickle.loads(data), False
-    spans = [p for p in placed if isinstance(p, tuple)]
+    spans = [p for p in placed if isinstance(p, tuple)] if placed else ()
     if not spans:
         return pickle.loads(data, buffers=placed), False
     assert seg is not None and seg.buf is not None

@@ -28,7 +28,7 @@ Example:
     >>> piece = store.pickle({"x": np.arange(300_000)})
     >>> [(length) for _, _, length in piece.buffers]
     [2400000]
-    >>> views = {seg_id: view for seg_id, view in store.views(piece)}
+    >>> views = store.views([piece])
     >>> value = pickle.loads(piece.data, buffers=[views[s][o:o + n] for s, o, n in piece.buffers])
     >>> int(value["x"][-1]), value["x"].flags.writeable
     (299999, False)
@@ -45,7 +45,7 @@ import os
 import pickle
 import platform
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -57,14 +57,6 @@ SHARE_MIN = 1 << 20  # bytes: smaller buffers ride inside the pickle (a page tab
 _PAGE = mmap.PAGESIZE
 _IS_MMAPPED = 0x2  # glibc: the flag bit in a block's size word for a block with an mmap of its own
 _HEADER = 2 * ctypes.sizeof(ctypes.c_size_t)  # glibc: a block's header before the pointer malloc returns
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.memcmp.restype = ctypes.c_int
-_libc.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-_MAP_FIXED = getattr(mmap, "MAP_FIXED", 0x10)
-
 
 @functools.cache
 def _glibc() -> bool:
@@ -110,7 +102,6 @@ class SharedBuffers:
         self._homes: dict[tuple[int, int], tuple[int, int]] = {}
         self._ids = itertools.count()
         self._unwritten: list[tuple[memoryview, _Segment, int]] = []  # (buffer, its segment, offset)
-        self.remapped_bytes = 0  # memory of this process now backed by the segments (for stats)
 
     # -- pickling ---------------------------------------------------------------------------
     def pickle(self, obj: Any) -> Piece:
@@ -158,7 +149,7 @@ class SharedBuffers:
             return None
         seg_id, offset = home
         seg = self._segments.get(seg_id)
-        if seg is None or _libc.memcmp(addr, seg.view.ctypes.data + offset, n) != 0:
+        if seg is None or not shm.same_bytes(addr, seg.view.ctypes.data + offset, n):
             return None
         return (seg_id, offset, n)
 
@@ -197,7 +188,7 @@ class SharedBuffers:
             _write_all(seg.fd, raw, offset)
             addr, n = _address(raw), raw.nbytes
             if self.remap and _own_block(addr, n):
-                self.remapped_bytes += _remap(addr, n, seg.fd, offset)
+                _remap(addr, n, seg.fd, offset)
 
     # -- what workers are sent ----------------------------------------------------------------
     def specs(self, pieces: Iterable[Piece]) -> tuple[list[tuple[int, int]], list[int]]:
@@ -207,11 +198,10 @@ class SharedBuffers:
         segs = [self._segments[i] for i in ids]
         return [(s.id, s.size) for s in segs], [s.fd for s in segs]
 
-    def views(self, piece: Piece) -> Iterator[tuple[int, np.ndarray]]:
-        """This process's read-only mappings of the segments `piece` refers to."""
+    def views(self, pieces: Iterable[Piece]) -> dict[int, np.ndarray]:
+        """This process's read-only mappings of the segments `pieces` refer to, by id."""
         self.flush()
-        for seg_id in sorted({s for s, _, _ in piece.buffers}):
-            yield seg_id, self._segments[seg_id].view
+        return {seg_id: self._segments[seg_id].view for p in pieces for seg_id, _, _ in p.buffers}
 
     def release(self, keep: Iterable[Piece]) -> None:
         """Close the segments none of `keep` refers to."""
@@ -235,10 +225,10 @@ def _round_up(n: int, to: int) -> int:
 
 
 def _write_all(fd: int, raw: memoryview, offset: int) -> None:
-    view = raw.cast("B") if raw.format != "B" or raw.ndim != 1 else raw
+    """(`raw` is a `PickleBuffer.raw()`: one-dimensional bytes.)"""
     done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
+    while done < len(raw):
+        done += os.pwrite(fd, raw[done:], offset + done)
 
 
 def _own_block(addr: int, nbytes: int) -> bool:
@@ -275,14 +265,9 @@ def _anonymous(lo: int, hi: int) -> bool:
     return False
 
 
-def _remap(addr: int, nbytes: int, fd: int, offset: int) -> int:
+def _remap(addr: int, nbytes: int, fd: int, offset: int) -> None:
     """Map the whole pages of [addr, addr+nbytes) copy-on-write onto the segment's copy."""
     lo = _round_up(addr, _PAGE)
     hi = (addr + nbytes) // _PAGE * _PAGE
-    if hi <= lo:
-        return 0
-    got = _libc.mmap(lo, hi - lo, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _MAP_FIXED, fd,
-                     offset + (lo - addr))
-    if got != lo:  # pragma: no cover - MAP_FIXED over our own mapping does not fail short of ENOMEM
-        raise OSError(ctypes.get_errno(), "prefetch: could not map a dataset array onto shared memory")
-    return hi - lo
+    if hi > lo:
+        shm.map_fd_at(lo, hi - lo, fd, offset + (lo - addr))
