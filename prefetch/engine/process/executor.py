@@ -107,7 +107,7 @@ class ProcessExecutor(Executor):
         if self._warm_wanted and self.start_method != "fork":
             from .warmstart import WarmStart
 
-            self._warm = WarmStart(self.sync.load_here, self._warm_done)
+            self._warm = WarmStart(self.sync.loader(), self._warm_done)
         self._fill_pool()
 
     def _launch(self, slot: int) -> W.Worker:
@@ -204,7 +204,7 @@ class ProcessExecutor(Executor):
                     w.end.send(frame, fds)  # the shared buffers go once: each worker gets their fds
             self.sync.settle()
             if self._warm is not None:
-                self._warm.reload(self.sync.load_here)
+                self._warm.reload(self.sync.loader())
 
     def _submit(self, job: Job) -> None:
         self._pending.append(job)
@@ -246,9 +246,7 @@ class ProcessExecutor(Executor):
             self.report(job, [], Failure(job.items[0][0], job.items[0][1], error), 0.0)
 
     def _send_job(self, w: W.Worker, job: Job) -> None:
-        n = len(job.items)
-        # No batch had large arrays so far: no segments to give (and none to acquire one by one).
-        segs = self._segments_for(w, n) if self.pool.size_hint else [None] * n
+        segs = self._segments_for(w, len(job.items))
         # Accounted to the worker first: if it is dying, its exit reports this job.
         job_id = next(self._next_job)
         self._jobs[job_id] = (job, segs)
@@ -259,6 +257,8 @@ class ProcessExecutor(Executor):
     def _segments_for(self, w: W.Worker, n: int) -> list[shm.Segment | None]:
         """A segment (or None) for each of `n` batches `w` will make."""
         pool = self.pool
+        if not pool.size_hint:  # no batch had large arrays so far: none to give (nor to ask for one by one)
+            return [None] * n
         segs: list[shm.Segment | None] = []
         try:
             for _ in range(n):

@@ -15,8 +15,10 @@ Two ways to ship it (`share`):
 
 from __future__ import annotations
 
+import functools
 import pickle
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..fingerprint import fingerprint, plain_state
@@ -152,8 +154,8 @@ class DatasetSync:
         if image == old:
             return None
         self._image = image
-        self.store.release(image.attrs.values())
-        specs, fds = self._specs(image.attrs.values())
+        self.store.release(_all_pieces(image))
+        specs, fds = self._specs(_all_pieces(image))
         return P.ReplaceDataset(image, specs), fds
 
     def _apply(self, old: P.Image, changed: dict[str, P.Piece], removed: list[str]
@@ -166,19 +168,13 @@ class DatasetSync:
             self.store.release(_all_pieces(self._image))
         return P.SyncState(changed, removed, specs), fds
 
-    def load_here(self, image: P.Image | None = None) -> Any:
-        """A copy of the dataset in this process, as a worker would load it (warm start)."""
-        image = image or self._image
+    def loader(self) -> Callable[[], Any]:
+        """Loads the dataset as the workers have it now, as a worker would (for warm start):
+        the state is taken here, the unpickling is left to whoever calls it (off the loop)."""
+        image = self._image
         assert image is not None, "the dataset sync is closed"
-        return load_image(image, self._views(image))
-
-    def _views(self, image: P.Image) -> dict[int, Any]:
-        if self.store is None:
-            return {}
-        out: dict[int, Any] = {}
-        for piece in _all_pieces(image):
-            out.update(self.store.views(piece))
-        return out
+        views = self.store.views(_all_pieces(image)) if self.store is not None else {}
+        return functools.partial(load_image, image, views)
 
     @property
     def shared_bytes(self) -> int:

@@ -30,10 +30,10 @@ _STOP = None
 
 
 class _Reload:
-    """A newer state of the dataset, for the thread (loaded on the loop, where the image is current)."""
+    """A newer state of the dataset, for the thread: taken on the loop, unpickled on the thread."""
 
-    def __init__(self, dataset: Any):
-        self.dataset = dataset
+    def __init__(self, load: Callable[[], Any]):
+        self.load = load
 
 
 class WarmStart:
@@ -54,7 +54,7 @@ class WarmStart:
         if self._thread is None:
             self._load = load
         else:
-            self._queue.put(_Reload(load()))
+            self._queue.put(_Reload(load))
 
     def run(self, job: Job) -> None:
         """On the loop: run `job` here (the previous one has been reported)."""
@@ -77,8 +77,8 @@ class WarmStart:
             job = self._queue.get()
             if job is _STOP:
                 return
-            if isinstance(job, _Reload):  # reload(): a newer state of the dataset
-                dataset = job.dataset
+            if isinstance(job, _Reload):  # reload(): a newer state of the dataset, loaded here
+                dataset = job.load()
                 continue
             values, failure, elapsed = run_job(dataset, job, where)
             try:  # what a worker would hand over: an independent copy, or the pickling error
