@@ -72,26 +72,62 @@ def exit_batch(token: Any) -> None:
     _current.reset(token)
 
 
-def seed_worker_globals(seed: int, epoch: int, worker_id: int) -> None:
-    """Give each worker process its own stream in numpy's, Python's (and torch's) global RNGs.
+class WorkerSeeds:
+    """Each worker process's own streams in Python's, numpy's and torch's global generators.
 
-    Called in a process worker at start and at each epoch, so no two workers (and no two
-    epochs) repeat a stream even when the processes were forked from one parent.
+    `epoch()` at a worker's first batch of each epoch, `catch_up()` before every later job:
+    no two workers (and no two epochs) repeat a stream, even when the processes were forked
+    from one parent that had already drawn from them.
+
+    Seeding never imports anything: numpy's and torch's generators are seeded only once
+    their module is loaded (importing `numpy.random` costs ~10 ms a cold worker need not
+    pay; importing torch, far more). A module first loaded inside a worker starts from
+    fresh entropy (numpy) or torch's fixed default, and `catch_up()` seeds it before the
+    next job. Invariant: `_pending` holds the modules not yet seeded for `_state`'s epoch.
+
+    Example:
+        >>> seeds = WorkerSeeds(worker_id=0)
+        >>> seeds.epoch(seed=1, epoch=0)
+        >>> a = random.random()
+        >>> seeds.epoch(seed=1, epoch=0)
+        >>> a == random.random()
+        True
     """
-    import sys
 
-    ss = np.random.SeedSequence((_WORKER_DOMAIN, seed, epoch, worker_id))
-    state = ss.generate_state(4, dtype=np.uint32)
-    np.random.seed(state)
-    random.seed(int.from_bytes(state.tobytes(), "little"))
-    torch = sys.modules.get("torch")
-    # Only if the dataset already uses torch (never import it ourselves), and only a torch
-    # whose import finished: a process forked while another thread was importing torch holds
-    # a half-initialised module that nothing in this process will ever complete.
-    if torch is not None and not _initializing(torch):
-        torch.manual_seed(int(state[0]) << 32 | int(state[1]))
+    _MODULES = ("numpy.random", "torch")
+
+    def __init__(self, worker_id: int) -> None:
+        self.worker_id = worker_id
+        self._state: list[int] = []
+        self._pending: list[str] = []
+
+    def epoch(self, seed: int, epoch: int) -> None:
+        # Derived with Python's own (SHA-512 based) string seeding, so that computing the
+        # state needs no numpy.random.
+        derive = random.Random(f"{_WORKER_DOMAIN}:{seed}:{epoch}:{self.worker_id}")
+        self._state = [derive.getrandbits(32) for _ in range(4)]
+        random.seed(int.from_bytes(b"".join(x.to_bytes(4, "little") for x in self._state), "little"))
+        self._pending = list(self._MODULES)
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        if not self._pending:
+            return
+        import sys
+
+        for name in list(self._pending):
+            module = sys.modules.get(name)
+            # Only a module whose import finished: a process forked while another thread was
+            # importing torch holds a half-initialised module nothing here will complete.
+            if module is None or _initializing(module, "seed" if name == "numpy.random" else "manual_seed"):
+                continue
+            if name == "numpy.random":
+                module.seed(self._state)
+            else:
+                module.manual_seed(self._state[0] << 32 | self._state[1])
+            self._pending.remove(name)
 
 
-def _initializing(module: Any) -> bool:
+def _initializing(module: Any, seed_function: str) -> bool:
     spec = getattr(module, "__spec__", None)
-    return bool(getattr(spec, "_initializing", False)) or not hasattr(module, "manual_seed")
+    return bool(getattr(spec, "_initializing", False)) or not hasattr(module, seed_function)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -155,6 +156,16 @@ class GlobalDraws(Indices):
     def __getitem__(self, i):
         time.sleep(0.01)
         return os.getpid(), float(np.random.random()), __import__("random").random()
+
+
+class NumpyRandomProbe(Indices):
+    """Whether `numpy.random` was loaded in this process before the batch, then a draw from
+    numpy's global generator (which loads it)."""
+
+    def __getitem__(self, i):
+        time.sleep(0.01)
+        loaded = "numpy.random" in sys.modules
+        return os.getpid(), loaded, float(np.random.random())
 
 
 class AsyncIndices(prefetch.PyDataset):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ... import batchmem
-from ...randomness import seed_worker_globals
+from ...randomness import WorkerSeeds
 from .. import arena, shm
 from ..jobs import run_items
 from . import protocol as P
@@ -285,6 +285,7 @@ def _serve(end: BlockingEnd, dataset: Any, loader: _Dataset, slot: int, ctrl: sh
     segments = _Segments()
     produce = _Producer(dataset, slot, segments, ctrl)
     where = f"process worker {os.getpid()}"
+    seeds = WorkerSeeds(slot)
     seeded_epoch = None
     while True:
         try:
@@ -295,8 +296,10 @@ def _serve(end: BlockingEnd, dataset: Any, loader: _Dataset, slot: int, ctrl: sh
         kind = type(msg)
         if kind is P.Run:
             if msg.epoch != seeded_epoch:
-                seed_worker_globals(msg.seed, msg.epoch, slot)
+                seeds.epoch(msg.seed, msg.epoch)
                 seeded_epoch = msg.epoch
+            else:
+                seeds.catch_up()
             produce.seg_ids = msg.segments
             produce.kept = []
             results, failure, elapsed = run_items(produce, msg.items, msg.seed, msg.epoch, where)

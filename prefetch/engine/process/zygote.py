@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 _STATUS = struct.Struct("<q")
 _BLAS_SPIN_LOG2_CYCLES = 4  # OpenBLAS's smallest idle spin (2**4 cycles): see serve()
+_IDLE_IMPORT_DELAY_S = 0.25  # idle time after a fork before the server imports more: see serve()
 
 
 def default_start_method() -> str:
@@ -144,8 +145,7 @@ def parse_status(data: bytes) -> tuple[int | None, int | None]:
 # -- the server process ------------------------------------------------------------------------------
 def serve(control_fd: int) -> None:
     """The server's main loop (run in a fresh interpreter by `Zygote`)."""
-    # What every worker needs, imported once here and inherited by each fork (numpy.random:
-    # each worker seeds its global generators before its first batch).
+    # What every worker needs, imported once here and inherited by each fork.
     import random  # noqa: F401
 
     # OpenBLAS starts its thread pool when numpy loads, and idle pool threads spin for about
@@ -159,8 +159,7 @@ def serve(control_fd: int) -> None:
     if ours:
         os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(_BLAS_SPIN_LOG2_CYCLES)
     try:
-        import numpy
-        import numpy.random  # noqa: F401
+        import numpy  # noqa: F401
     finally:
         if ours:
             del os.environ["OPENBLAS_THREAD_TIMEOUT"]
@@ -180,8 +179,17 @@ def serve(control_fd: int) -> None:
     sel = selectors.DefaultSelector()
     sel.register(control, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
+    # What datasets often use but a cold first batch need not wait for: imported once the
+    # server has been idle a moment after its first fork, so that later workers (a second
+    # Loader, a replacement) inherit it.
+    idle_imports = ["numpy.random"]
+    forked = False
     while True:
-        for key, _ in sel.select():
+        events = sel.select(_IDLE_IMPORT_DELAY_S if idle_imports and forked else None)
+        if not events and idle_imports:
+            _import_quietly(idle_imports)
+            idle_imports = []
+        for key, _ in events:
             if key.fileobj is control:
                 try:
                     if not reader.receive(control):
@@ -204,6 +212,7 @@ def serve(control_fd: int) -> None:
                         os.close(wake_w)
                         _run_child(child, fds[1], me)
                     os.close(fds[1])
+                    forked = True
                     status_of[pid] = status
                     _send_status(status, pid)
             else:
@@ -212,6 +221,16 @@ def serve(control_fd: int) -> None:
                 except BlockingIOError:
                     pass
                 _reap(status_of)
+
+
+def _import_quietly(names: Sequence[str]) -> None:
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001, S110 - the worker imports it itself and reports what fails
+            pass
 
 
 def _preload(request: Fork) -> None:
@@ -223,13 +242,7 @@ def _preload(request: Fork) -> None:
     for path in request.sys_path:
         if path not in sys.path:
             sys.path.append(path)
-    import importlib
-
-    for name in missing:
-        try:
-            importlib.import_module(name)
-        except BaseException:  # noqa: BLE001, S110 - the worker imports it itself and reports what fails
-            pass
+    _import_quietly(missing)
 
 
 def _run_child(child: Any, fd: int, server_pid: int) -> None:
