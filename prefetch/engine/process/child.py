@@ -143,11 +143,10 @@ class _Segments:
         # dropped once those arrays are gone.
         self.lingering: list[np.ndarray] = []
 
-    def map(self, specs: list[tuple[int, int]], fds: list[int]) -> None:
+    def map(self, specs: list[tuple[int, int]], fds: list[int], populate: bool) -> None:
         for (seg_id, size), fd in zip(specs, fds):
             try:
-                # Populated now, in one go: cheaper than a fault per page on first write.
-                view = shm.map_fd(fd, size, populate=True)
+                view = shm.map_fd(fd, size, populate=populate)
             finally:
                 os.close(fd)  # the mapping needs no descriptor
             self.views[seg_id] = view
@@ -317,7 +316,7 @@ def _serve(end: BlockingEnd, dataset: Any, loader: _Dataset, slot: int, ctrl: sh
             end.send(P.dumps(P.Done(msg.job_id, results, info, elapsed, kept)))
             del results, failure, info
         elif kind is P.MapSegments:
-            segments.map(msg.specs, fds)
+            segments.map(msg.specs, fds, msg.populate)
         elif kind is P.Forget:
             segments.forget(msg.ids)
         elif kind is P.SyncState:

@@ -45,6 +45,9 @@ from .sync import DatasetSync
 from .zygote import default_start_method
 
 _DEPTH = 2  # jobs queued per worker, so it never idles for a round trip
+# Until a first batch came back, the size of its shared arrays is unknown and a job can get no
+# segment: each array would be pickled through the socket. One job per worker until then.
+_DEPTH_UNSIZED = 1
 _CONTROL_SLOTS = 512
 _STACK_WAIT_S = 0.2  # how long a worker past the timeout may take to write its stack before it is killed
 _STACK_STEP_S = 0.02  # how often the stack file is looked at meanwhile
@@ -92,6 +95,7 @@ class ProcessExecutor(Executor):
         self.sync = sync
         self._workers: list[W.Worker] = []  # not DEAD
         self._pending: deque[Job] = deque()
+        self._sized = False  # a batch came back: pool.size_hint says what batches need (0: no segments)
         self._jobs: dict[int, tuple[Job, list]] = {}  # job id -> (job, its segments)
         self._next_job = itertools.count()
         self._fatal: BaseException | None = None  # the dataset cannot load in a worker
@@ -216,10 +220,11 @@ class ProcessExecutor(Executor):
         pending = self._pending
         if self._warm is not None and pending and self._warm_serves():
             return
+        depth = _DEPTH if self._sized else _DEPTH_UNSIZED
         while pending:
             best = None
             for w in self._workers:
-                if w.state in W.TAKES_JOBS and len(w.jobs) < _DEPTH and (best is None or len(w.jobs) < len(best.jobs)):
+                if w.state in W.TAKES_JOBS and len(w.jobs) < depth and (best is None or len(w.jobs) < len(best.jobs)):
                     best = w
             if best is None:
                 if self._fatal is not None or not any(w.state in W.TAKES_JOBS for w in self._workers):
@@ -264,7 +269,7 @@ class ProcessExecutor(Executor):
             for _ in range(n):
                 seg, new = pool.acquire(w.slot)
                 if new:
-                    self._share(seg)  # type: ignore[arg-type]
+                    self._share(seg, w)  # type: ignore[arg-type]
                 segs.append(seg)
         except BaseException:
             for seg in segs:
@@ -276,12 +281,12 @@ class ProcessExecutor(Executor):
             pool.retired = []
         return segs
 
-    def _share(self, seg: shm.Segment) -> None:
-        """A new segment: every live worker maps it now; then no descriptor is kept for it."""
-        frame = P.dumps(P.MapSegments([(seg.id, seg.size)]))
+    def _share(self, seg: shm.Segment, writer: W.Worker) -> None:
+        """A new segment for `writer`'s next job: every live worker maps it now (only the
+        writer touches its pages); then no descriptor is kept for it."""
         for w in self._workers:
             if w.state in W.LIVE:
-                w.end.send(frame, [seg.fd])
+                w.end.send(P.dumps(P.MapSegments([(seg.id, seg.size)], w is writer)), [seg.fd])
                 seg.known.add(w.slot)
         seg.drop_fd()
 
@@ -336,6 +341,7 @@ class ProcessExecutor(Executor):
             if seg is not None and seg.id in msg.kept:
                 seg.kept = True
         pool = self.pool
+        self._sized = True
         values: list = []
         failure = None
         cancelled = job.owner.cancelled

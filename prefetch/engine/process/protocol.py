@@ -66,6 +66,11 @@ class MapSegments(NamedTuple):
     """Shared-memory segments to map; their fds ride along, in the same order."""
 
     specs: list[tuple[int, int]]  # (segment id, size in bytes)
+    # Whether this worker's next job writes into them: then it populates the pages at once
+    # (one call instead of a fault per page); the other workers map them without touching
+    # any page (allocating a fresh segment's pages is the costly part, ~1 ms per MiB on
+    # some VMs, and every worker doing it for every segment serialised them all).
+    populate: bool
 
 
 class Run(NamedTuple):
