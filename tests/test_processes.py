@@ -52,6 +52,23 @@ def _is_shared(arr: np.ndarray) -> bool:
     return "memfd:prefetch" in mapping_of(arr.ctypes.data)
 
 
+def test_the_very_first_batches_large_arrays_cross_through_shared_memory_too(no_leaks):
+    # Before a batch came back no segment size is known, so the first job of each worker gets
+    # no segment: the worker makes one for that batch (taken over by the pool, reused later)
+    # instead of pickling its arrays through the socket.
+    from helpers import mapping_of
+
+    with prefetch.Loader(Arrays(12, shape=(512, 1024)), workers=2, executor="process", max_queue_size=2) as loader:
+        held = list(loader)
+        assert all((b["x"] == i).all() for i, b in enumerate(held))
+        assert all(_is_shared(b["x"]) for b in held)
+        assert "memfd:prefetch-made" in mapping_of(held[0]["x"].ctypes.data)
+        held[0]["x"][:] = -1  # the consumer's own
+        del held
+        again = [b["x"].copy() for b in loader]  # its segment is recycled like any other
+        assert all((x == i).all() for i, x in enumerate(again))
+
+
 def test_held_batches_stay_valid_and_segments_are_recycled(no_leaks):
     with prefetch.Loader(Arrays(30, shape=(128, 256)), workers=2, executor="process", max_queue_size=3) as loader:
         kept = [b["x"] for b in loader]  # the consumer holds every batch: no reuse under its feet

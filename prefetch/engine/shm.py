@@ -115,22 +115,29 @@ def anonymous_fd(name: str, size: int) -> int:
     return fd
 
 
+def segment_size(needed: int) -> int:
+    """The size of a segment for batches whose large arrays take `needed` bytes: rounded up
+    so that batches which vary a little in size reuse segments."""
+    return -(-int(needed * 1.125) // _PAGE) * _PAGE
+
+
 class Segment:
     """One shared-memory segment, mapped in this process.
 
     `fd` is open only until every worker alive when the segment was made has its own copy
     (`drop_fd`); `known` holds the slots of the workers that mapped it — only they may be
-    given a job that writes into it.
+    given a job that writes into it. `fd`: one to take over (a segment a worker made)
+    instead of making a new one.
     """
 
     __slots__ = ("__weakref__", "buf", "fd", "id", "kept", "known", "size")
 
-    def __init__(self, seg_id: int, size: int):
+    def __init__(self, seg_id: int, size: int, fd: int | None = None):
         self.id = seg_id
         self.size = size
         self.kept = False  # a worker still holds an array in it: never reuse it
         self.known: set[int] = set()
-        self.fd = anonymous_fd(f"prefetch-{seg_id}", size)
+        self.fd = anonymous_fd(f"prefetch-{seg_id}", size) if fd is None else fd
         try:
             self.buf = owner_buffer(map_fd(self.fd, size))
         except BaseException:
@@ -170,8 +177,7 @@ class SegmentPool:
 
     def observe(self, needed: int) -> None:
         if needed > self.size_hint:
-            # Round up so batches that vary a little in size reuse segments.
-            self.size_hint = -(-int(needed * 1.125) // _PAGE) * _PAGE
+            self.size_hint = segment_size(needed)
 
     def acquire(self, slot: int) -> tuple[Segment | None, bool]:
         """A free segment of at least `size_hint` bytes that worker `slot` has mapped, or a new
@@ -191,6 +197,18 @@ class SegmentPool:
         self._next_id += 1
         self.segments[seg.id] = seg
         return seg, True
+
+    def adopt(self, fd: int) -> Segment:
+        """A segment a worker made for a batch before batch sizes were known: the pool's
+        from now on (recycled like any other once that batch is gone). Takes over `fd`."""
+        try:
+            seg = Segment(self._next_id, os.fstat(fd).st_size, fd=fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._next_id += 1
+        self.segments[seg.id] = seg
+        return seg
 
     def release(self, seg: Segment) -> None:
         """Any thread: the batch that used `seg` is gone."""

@@ -172,6 +172,7 @@ class _Producer:
         self.ctrl = ctrl
         self.seg_ids: list[int | None] = []
         self.kept: list[int] = []
+        self.made: list[tuple[int, int]] = []  # (position in the job, fd) of segments made here
 
     def __call__(self, k: int, index: int) -> P.Result:
         ctrl = self.ctrl
@@ -180,8 +181,8 @@ class _Producer:
             ctrl.slots[self.slot] = index
         seg_id = self.seg_ids[k]
         segment = self.segments.views.get(seg_id) if seg_id is not None else None
-        if segment is None:  # nowhere to place arrays (no batch so far had large ones): encode only
-            return P.Result(*shm.encode(self.dataset[index], None))
+        if segment is None:  # no batch came back yet, or none had large arrays
+            return self._unplaced(k, self.dataset[index])
         placement = arena.Placement(segment)
         if not placement.active and arena.available:
             segment = None  # arrays the dataset kept still live in it: leave it alone
@@ -205,6 +206,34 @@ class _Producer:
                 self.kept.append(seg_id)
                 placed = [_private_copy(segment, p, kept) for p in placed]
         return P.Result(data, placed, needed)
+
+
+    def _unplaced(self, k: int, value: Any) -> P.Result:
+        """A batch made with no segment given: its large arrays go into a segment made here
+        for it (the main process takes it over), not through the socket."""
+        need = shm.shared_bytes(value)
+        if not need:
+            return P.Result(*shm.encode(value, None))
+        size = shm.segment_size(need)
+        fd = shm.anonymous_fd("prefetch-made", size)
+        try:
+            data, placed, needed = shm.encode(value, shm.map_fd(fd, size, populate=True))
+        except BaseException:
+            os.close(fd)
+            raise
+        # Our mapping goes with the view: the consumer's copy is the main process's mapping.
+        self.made.append((k, fd))
+        return P.Result(data, placed, needed)
+
+    def take_made(self, results: int) -> tuple[list[int], list[int]]:
+        """(positions, fds) of the segments made for the first `results` batches of the job
+        just run; fds of batches not reported are closed."""
+        made, self.made = self.made, []
+        for k, fd in made:
+            if k >= results:
+                os.close(fd)
+        made = [(k, fd) for k, fd in made if k < results]
+        return [k for k, _ in made], [fd for _, fd in made]
 
 
 def _explain_read_only(exc: BaseException) -> None:
@@ -313,7 +342,12 @@ def _serve(end: BlockingEnd, dataset: Any, loader: _Dataset, slot: int, ctrl: sh
             kept = sorted({*produce.kept, *(i for i in msg.segments
                                             if i is not None and i in segments.views
                                             and arena.live(segments.views[i]))})
-            end.send(P.dumps(P.Done(msg.job_id, results, info, elapsed, kept)))
+            positions, made_fds = produce.take_made(len(results))
+            try:
+                end.send(P.dumps(P.Done(msg.job_id, results, info, elapsed, kept, positions)), made_fds)
+            finally:
+                for fd in made_fds:
+                    os.close(fd)
             del results, failure, info
         elif kind is P.MapSegments:
             segments.map(msg.specs, fds, msg.populate)

@@ -281,9 +281,10 @@ class ProcessExecutor(Executor):
             pool.retired = []
         return segs
 
-    def _share(self, seg: shm.Segment, writer: W.Worker) -> None:
+    def _share(self, seg: shm.Segment, writer: W.Worker | None) -> None:
         """A new segment for `writer`'s next job: every live worker maps it now (only the
-        writer touches its pages); then no descriptor is kept for it."""
+        writer touches its pages; `None`: a segment a worker made, already written); then no
+        descriptor is kept for it."""
         for w in self._workers:
             if w.state in W.LIVE:
                 w.end.send(P.dumps(P.MapSegments([(seg.id, seg.size)], w is writer)), [seg.fd])
@@ -307,20 +308,23 @@ class ProcessExecutor(Executor):
 
     # -- what workers send -------------------------------------------------------------------------
     def _on_frame(self, w: W.Worker, payload: Any, fds: list[int]) -> None:
-        for fd in fds:  # workers send none; never leak one that arrives anyway
-            try:
-                os.close(fd)
-            except OSError:
-                pass
         try:
             msg = P.loads(payload)
         except Exception:  # noqa: BLE001 - a corrupt stream: the worker is ended, its jobs fail
+            _close_all(fds)
             w.exit.kill()
             return
         kind = type(msg)
         if kind is P.Done:
-            self._on_done(w, msg)
-        elif kind is P.Ready:
+            made = dict(zip(msg.made, fds))  # only a Done carries fds: segments the worker made
+            _close_all(fds[len(msg.made):])
+            try:
+                self._on_done(w, msg, made)
+            finally:
+                _close_all(list(made.values()))  # any not taken over
+            return
+        _close_all(fds)  # no other message carries any: never leak one that arrives anyway
+        if kind is P.Ready:
             if w.state is W.State.BOOTING:
                 w.state = W.State.READY
             if self._warm is not None and not self._warm.busy:
@@ -331,7 +335,9 @@ class ProcessExecutor(Executor):
             self._end_warm_start()
             self._dispatch()
 
-    def _on_done(self, w: W.Worker, msg: P.Done) -> None:
+    def _on_done(self, w: W.Worker, msg: P.Done, made: dict[int, int]) -> None:
+        """`made`: position in the job -> fd of a segment the worker made for that batch
+        (taken out of `made` when taken over)."""
         job, segs = self._jobs.pop(msg.job_id)
         if w.jobs and w.jobs[0] == msg.job_id:
             w.jobs.popleft()
@@ -352,6 +358,9 @@ class ProcessExecutor(Executor):
                 data, placed, needed = results[k]
                 if needed:
                     pool.observe(needed)
+                if k in made and not pool.closed:
+                    seg = pool.adopt(made.pop(k))
+                    self._share(seg, None)
                 if not cancelled and failure is None:
                     try:
                         value, used = shm.decode(data, seg, placed, pool.release)
@@ -601,6 +610,14 @@ def _python_stack(dump: str) -> str:
         blocks[-1][1].insert(0, frame)
     blocks.sort(key=lambda b: any("in _serve\n" in f for f in b[1]))
     return "\n".join(head + "\n" + "".join(frames) for head, frames in blocks)
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _undecodable(exc: BaseException, index: int, where: str) -> BaseException:

@@ -148,6 +148,10 @@ class Done(NamedTuple):
     failure: FailureInfo | None
     elapsed_s: float
     kept: list[int]  # segment ids in which the dataset kept arrays: never to be reused
+    # Positions in `results` whose buffers lie in a segment the worker made itself (a batch
+    # run before the main process knew how large batches are, so with no segment): their
+    # fds ride along, in this order, and the main process takes the segments over.
+    made: list[int]
 
 
 # On the wire a message is (its kind's code, its fields as a plain tuple): pickling a
