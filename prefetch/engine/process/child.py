@@ -207,7 +207,6 @@ class _Producer:
                 placed = [_private_copy(segment, p, kept) for p in placed]
         return P.Result(data, placed, needed)
 
-
     def _unplaced(self, k: int, value: Any) -> P.Result:
         """A batch made with no segment given: its large arrays go into a segment made here
         for it (the main process takes it over), not through the socket."""

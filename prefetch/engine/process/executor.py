@@ -359,6 +359,8 @@ class ProcessExecutor(Executor):
                 if needed:
                     pool.observe(needed)
                 if k in made and not pool.closed:
+                    if seg is not None:  # given one it had not mapped: it made its own instead
+                        pool.give_back(seg)
                     seg = pool.adopt(made.pop(k))
                     self._share(seg, None)
                 if not cancelled and failure is None:
