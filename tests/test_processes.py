@@ -269,3 +269,34 @@ def test_prefetch_empty_is_plain_numpy_outside_process_workers():
     assert [int(x[0, 0]) for x, _ in ds] == [0, 1, 2]
     with prefetch.Loader(ds, workers=2) as loader:
         assert [int(x[0, 0]) for x, _ in loader] == [0, 1, 2]
+
+
+@pytest.mark.timeout(60)
+def test_a_dataset_that_asks_for_processes_starts_the_fork_server_at_once():
+    # Built well before its Loader (the model is built in between), such a dataset lets the
+    # server's interpreter start and imports overlap that wait instead of the first batch.
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {HERE!r})
+        import psutil
+        import prefetch
+        from helpers import Indices
+
+        def servers():
+            return [p for p in psutil.Process().children()
+                    if "prefetch.engine.process.zygote" in " ".join(p.cmdline())]
+
+        if __name__ == "__main__":
+            Indices(4, workers=2)  # threads: nothing is started
+            assert not servers()
+            ds = Indices(4, workers=2, use_multiprocessing=True)
+            first = servers()
+            assert len(first) == 1, first
+            with prefetch.Loader(ds) as loader:
+                assert list(loader) == [0, 1, 2, 3]
+            assert servers() == first  # the Loader's workers came from that server
+            print("ok", flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ok" in out.stdout

@@ -126,6 +126,20 @@ def server() -> Zygote:
         return z
 
 
+def start_early() -> None:
+    """Start this interpreter's fork server now, if it is the default start method and none
+    runs yet. A dataset that asks for processes is usually built well before its first
+    Loader (the model is built and compiled in between): the server's interpreter start and
+    imports (~0.13 s) then overlap that instead of delaying the first batch. Best effort:
+    never raises (the Loader starts the server itself, and says why it cannot)."""
+    if default_start_method() != "forkserver":
+        return
+    try:
+        server()
+    except Exception:  # noqa: BLE001, S110 - see the docstring
+        pass
+
+
 @atexit.register
 def _shutdown() -> None:
     global _exiting
