@@ -284,6 +284,16 @@ class ScaledInHook(SlowToStart):
         self.scale *= 10
 
 
+class ReloadFailsHere(SlowToStart):
+    """Loads in a worker, but not in the main process once `scale` is 7 (a `__setstate__`
+    that cannot restore that state here: a file only the workers can open, say)."""
+
+    def __setstate__(self, state):
+        if os.getpid() == state["home"] and state["scale"] == 7:
+            raise OSError("this state cannot load in the main process")
+        super().__setstate__(state)
+
+
 class FailsAt(SlowToStart):
     def __init__(self, n: int, bad: int, **kwargs):
         super().__init__(n, **kwargs)

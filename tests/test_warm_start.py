@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from helpers import FailsAt, OpensInGetitem, ScaledInHook, SlowToStart
+from helpers import FailsAt, OpensInGetitem, ReloadFailsHere, ScaledInHook, SlowToStart
 
 import prefetch
 
@@ -46,6 +46,20 @@ def test_epoch_hook_changes_reach_batches_made_while_workers_boot(no_leaks):
     assert first[0][1] == os.getpid()
     assert [v for v, _ in first] == [i * 10 for i in range(30)]
     assert [v for v, _ in second] == [i * 70 for i in range(30)]
+
+
+@pytest.mark.timeout(30)
+def test_a_dataset_change_this_process_cannot_load_leaves_the_batches_to_the_workers(no_leaks):
+    # The workers boot for longer than the first epoch takes: the warm start still serves
+    # when the second epoch begins, and must reload the changed dataset first.
+    ds = ReloadFailsHere(4, boot=1.5)
+    with prefetch.Loader(ds, workers=2, executor="process", warm_start=True) as loader:
+        first = list(loader)
+        ds.scale = 7  # loads in a worker, not in this process
+        second = list(loader)
+    assert first == [(i, os.getpid()) for i in range(4)]
+    assert [v for v, _ in second] == [i * 7 for i in range(4)]
+    assert os.getpid() not in {pid for _, pid in second}
 
 
 @pytest.mark.timeout(30)

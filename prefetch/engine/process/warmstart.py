@@ -66,11 +66,12 @@ class WarmStart:
 
     def _work(self) -> None:
         load, self._load = self._load, None
+        dataset: Any = None
+        unloadable: BaseException | None = None  # this thread's copy of the dataset did not load
         try:
             dataset = load()  # type: ignore[misc]
         except BaseException as exc:  # noqa: BLE001 - the workers will report it properly
-            self._poster.post((self._queue.get(), None, exc, 0.0))
-            return
+            unloadable = exc
         del load
         where = "the main process while process workers start"
         while True:
@@ -78,8 +79,16 @@ class WarmStart:
             if job is _STOP:
                 return
             if isinstance(job, _Reload):  # reload(): a newer state of the dataset, loaded here
-                dataset = job.load()
+                try:
+                    dataset, unloadable = job.load(), None
+                except BaseException as exc:  # noqa: BLE001 - as above
+                    dataset, unloadable = None, exc
                 continue
+            if unloadable is not None:
+                # The job goes back to the executor (values None), which leaves it, and every
+                # later one, to the workers. Never drop it: its epoch would wait for it forever.
+                self._poster.post((job, None, unloadable, 0.0))
+                return
             values, failure, elapsed = run_job(dataset, job, where)
             try:  # what a worker would hand over: an independent copy, or the pickling error
                 values = [pickle.loads(pickle.dumps(v, protocol=5)) for v in values]
