@@ -300,3 +300,31 @@ def test_a_dataset_that_asks_for_processes_starts_the_fork_server_at_once():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ok" in out.stdout
+
+
+
+def test_closing_a_reader_closes_the_descriptors_of_frames_never_taken():
+    # A worker's socket closed while a frame with descriptors waits in it (a Done with the
+    # segments the worker made, say): the descriptors go with it, none is left open.
+    import socket
+
+    from prefetch.engine.process.wire import BlockingEnd, FrameReader
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    r, w = os.pipe()
+    try:
+        BlockingEnd(theirs).send(b"payload", [r])
+        reader = FrameReader()
+        ours.setblocking(False)
+        reader.receive(ours)
+        assert len(reader.frames) == 1
+        received = reader.frames[0][1][0]
+        os.fstat(received)  # open
+        reader.close()
+        with pytest.raises(OSError):
+            os.fstat(received)
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        ours.close()
+        theirs.close()

@@ -100,7 +100,10 @@ class FrameReader:
         self.frames.append((payload, [self._fds.popleft() for _ in range(nfds)]))
 
     def close(self) -> None:
-        """Close fds received but never claimed."""
+        """Close fds received but never claimed: of frames not taken, and not yet framed."""
+        while self.frames:
+            for fd in self.frames.popleft()[1]:
+                _close(fd)
         while self._fds:
             _close(self._fds.popleft())
 

@@ -230,6 +230,7 @@ def serve(control_fd: int) -> None:
                         sel.close()
                         for s in (control, status, *status_of.values()):
                             s.close()
+                        reader.close()  # any request read with this one holds another worker's sockets
                         os.close(wake_r)
                         os.close(wake_w)
                         _run_child(child, fds[1], me)
