@@ -43,10 +43,11 @@ class PyDataset:
         self._max_queue_size = max_queue_size
         if use_multiprocessing and workers and max_queue_size:
             # Process workers will be wanted: prefetch's fork server starts now, in the
-            # background, so the first Loader's workers fork from a server already up.
+            # background, and imports this dataset's modules, so the first Loader's workers
+            # fork from a server already up.
             from .engine.process.zygote import start_early
 
-            start_early()
+            start_early(self)
 
     def _warn_if_super_not_called(self) -> None:
         missing = [name for name in _DEFAULTS if name not in self.__dict__]

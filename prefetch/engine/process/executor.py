@@ -42,7 +42,7 @@ from . import pool as W
 from . import protocol as P
 from .child import main_ref
 from .sync import DatasetSync
-from .zygote import default_start_method
+from .zygote import default_start_method, defining_modules
 
 _DEPTH = 2  # jobs queued per worker, so it never idles for a round trip
 # Until a first batch came back, the size of its shared arrays is unknown and a job can get no
@@ -576,17 +576,6 @@ class ProcessExecutor(Executor):
 
     def __repr__(self) -> str:
         return f"ProcessExecutor(workers={self.workers}, start_method={self.start_method!r})"
-
-
-def defining_modules(dataset: Any) -> list[str]:
-    """The modules that define the dataset's class and its bases (not `__main__`: a worker
-    imports the main script itself, only if it must)."""
-    out = []
-    for cls in type(dataset).__mro__:
-        module = getattr(cls, "__module__", None)
-        if module and module not in ("builtins", "__main__", "__mp_main__") and module not in out:
-            out.append(module)
-    return out
 
 
 _FRAME = re.compile(r'\s*File "(.*)", line (\d+) in (.*)')

@@ -29,6 +29,13 @@ class Fork(NamedTuple):
     preload: list[str]  # modules the server imports first, once, so every later worker has them
 
 
+class Preload(NamedTuple):
+    """Import these modules now, ahead of any Fork (a dataset built long before its Loader)."""
+
+    sys_path: list[str]
+    modules: list[str]
+
+
 # -- main process -> worker ----------------------------------------------------------------------
 class Piece(NamedTuple):
     """An object pickled with protocol 5 whose large buffers lie in shared segments (see `.share`)."""
@@ -158,7 +165,7 @@ class Done(NamedTuple):
 # NamedTuple calls back into Python (`__getnewargs__`, then the class's `__new__` on load),
 # several times the cost of a plain tuple — paid for every `Run`, `Done` and `Result`, on
 # the loop the whole pool waits on. Every message type has a code here.
-_KINDS: tuple[type, ...] = (Fork, Boot, MapSegments, Run, Forget, SyncState, ReplaceDataset, Stop,
+_KINDS: tuple[type, ...] = (Fork, Preload, Boot, MapSegments, Run, Forget, SyncState, ReplaceDataset, Stop,
                             Ready, LoadFailed, Done)
 _CODES = {kind: code for code, kind in enumerate(_KINDS)}
 _new = tuple.__new__  # builds a NamedTuple from its fields without a Python-level call

@@ -29,13 +29,11 @@ import struct
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 # The main process starts the server as soon as a Loader is made, before anything else, so
 # this module imports nothing of prefetch at its top: the wire and the messages load once
 # the server is on its way (the server itself loads them while its workers need them anyway).
-if TYPE_CHECKING:
-    from .protocol import Fork
 
 _STATUS = struct.Struct("<q")
 _BLAS_SPIN_LOG2_CYCLES = 4  # OpenBLAS's smallest idle spin (2**4 cycles): see serve()
@@ -90,6 +88,13 @@ class Zygote:
             status_theirs.close()
         return status_ours
 
+    def preload(self, modules: Sequence[str]) -> None:
+        """Have the server import `modules` now (workers forked later inherit them)."""
+        from .protocol import Preload, dumps
+
+        with self._lock:
+            self._end.send(dumps(Preload([p for p in sys.path if p], list(modules))))
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -126,16 +131,28 @@ def server() -> Zygote:
         return z
 
 
-def start_early() -> None:
-    """Start this interpreter's fork server now, if it is the default start method and none
-    runs yet. A dataset that asks for processes is usually built well before its first
-    Loader (the model is built and compiled in between): the server's interpreter start and
-    imports (~0.13 s) then overlap that instead of delaying the first batch. Best effort:
-    never raises (the Loader starts the server itself, and says why it cannot)."""
+def defining_modules(dataset: Any) -> list[str]:
+    """The modules that define the dataset's class and its bases (not `__main__`: a worker
+    imports the main script itself, only if it must)."""
+    out = []
+    for cls in type(dataset).__mro__:
+        module = getattr(cls, "__module__", None)
+        if module and module not in ("builtins", "__main__", "__mp_main__") and module not in out:
+            out.append(module)
+    return out
+
+
+def start_early(dataset: Any) -> None:
+    """Start this interpreter's fork server now, if it is the default start method, and have
+    it import the modules that define `dataset`'s class. A dataset that asks for processes is
+    usually built well before its first Loader (the model is built and compiled in between):
+    the server's interpreter start and imports then overlap that instead of delaying the
+    first batch. Best effort: never raises (the Loader starts the server itself, and says
+    why it cannot)."""
     if default_start_method() != "forkserver":
         return
     try:
-        server()
+        server().preload(defining_modules(dataset))
     except Exception:  # noqa: BLE001, S110 - see the docstring
         pass
 
@@ -185,7 +202,7 @@ def serve(control_fd: int) -> None:
             del os.environ["OPENBLAS_THREAD_TIMEOUT"]
 
     from . import child
-    from .protocol import loads
+    from .protocol import Preload, loads
     from .wire import FrameReader
 
     gc.freeze()
@@ -220,8 +237,12 @@ def serve(control_fd: int) -> None:
                     continue
                 while reader.frames:
                     payload, fds = reader.frames.popleft()
+                    request = loads(payload)
+                    if isinstance(request, Preload):  # imports ahead of any Fork: nothing to fork
+                        _preload(request.sys_path, request.modules)
+                        continue
+                    _preload(request.sys_path, request.preload)
                     status = socket.socket(fileno=fds[0])
-                    _preload(loads(payload))
                     me = os.getpid()
                     pid = os.fork()
                     if pid == 0:
@@ -261,13 +282,13 @@ def _import_quietly(names: Sequence[str]) -> None:
         gc.enable()
 
 
-def _preload(request: Fork) -> None:
+def _preload(sys_path: Sequence[str], modules: Sequence[str]) -> None:
     """Import the modules a dataset needs here, once: workers forked later inherit them (a
     second Loader over the same dataset starts without importing anything)."""
-    missing = [m for m in request.preload if m not in sys.modules]
+    missing = [m for m in modules if m not in sys.modules]
     if not missing:
         return
-    for path in request.sys_path:
+    for path in sys_path:
         if path not in sys.path:
             sys.path.append(path)
     _import_quietly(missing)
