@@ -25,7 +25,8 @@ Rows, all with the same `workers` (W) and batches in flight (Q = 4W):
   loader, no hand-over, nothing sent back; each keeps its last Q/W batches alive, as a
   prefetcher's window holds Q. What plain threads/processes get here (GIL, memory) - a reference.
 - `prefetch-thread` / `prefetch-process`: `prefetch.Loader(prefetch.batched(src, B, shuffle=True),
-  workers=W, max_queue_size=Q, executor=...)`.
+  workers=W, max_queue_size=Q, executor=...)`; `prefetch-thread-auto` (hf): `workers="auto"`, which
+  keeps only the threads that help (a source that holds the GIL: one).
 - `torch-dl`: `DataLoader(src, batch_size=B, shuffle=True, num_workers=W, prefetch_factor=4)`
   (processes, default fork context, `default_collate`, which also uses `__getitems__`).
 
@@ -66,7 +67,7 @@ WORKLOADS = {  # name: (samples per batch, batches per epoch (full run), rows)
     "images": (64, 200, ["serial", "serial-kept", "bare-thread", "bare-process", "prefetch-thread", "prefetch-process",
                          "torch-dl"]),
     "hf": (256, 600, ["serial", "serial-kept", "serial-onebyone", "bare-thread", "bare-process", "prefetch-thread",
-                     "prefetch-thread-onebyone", "prefetch-process", "torch-dl"]),
+                     "prefetch-thread-auto", "prefetch-thread-onebyone", "prefetch-process", "torch-dl"]),
 }
 
 
@@ -155,7 +156,8 @@ def cell(spec: dict) -> dict:
         it: Any = (kept.append(_make(ds, i)) or kept[-1] for i in range(len(ds)))
     elif row.startswith("prefetch"):
         kind = "process" if "process" in row else "thread"
-        loader = prefetch.Loader(ds, workers=w, max_queue_size=q, executor=kind, seed=0)
+        workers: Any = "auto" if row.endswith("-auto") else w
+        loader = prefetch.Loader(ds, workers=workers, max_queue_size=q, executor=kind, seed=0)
         it, close = iter(loader), loader.close
     else:
         import torch.utils.data as tud
