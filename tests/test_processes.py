@@ -328,3 +328,44 @@ def test_closing_a_reader_closes_the_descriptors_of_frames_never_taken():
             os.close(fd)
         ours.close()
         theirs.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_dataset_built_when_its_module_is_imported_starts_no_server_from_the_server(tmp_path):
+    # The server imports the dataset's module ahead of its workers; a module that builds such
+    # a dataset at import time must not make the server (nor a worker) start a server of its own.
+    (tmp_path / "builds_one.py").write_text(textwrap.dedent("""
+        import prefetch
+
+        class Squares(prefetch.PyDataset):
+            def __init__(self, n, **kwargs):
+                super().__init__(**kwargs)
+                self.n = n
+            def __len__(self):
+                return self.n
+            def __getitem__(self, i):
+                return i * i
+
+        DEFAULT = Squares(3, workers=2, use_multiprocessing=True)
+    """))
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(tmp_path)!r})
+        import psutil
+        import prefetch
+        from builds_one import Squares
+
+        def helpers():
+            return [p for p in psutil.Process().children(recursive=True)
+                    if "prefetch.engine.process.zygote" in " ".join(p.cmdline())]
+
+        if __name__ == "__main__":
+            with prefetch.Loader(Squares(6, workers=2, use_multiprocessing=True)) as loader:
+                assert list(loader) == [i * i for i in range(6)]
+                time.sleep(0.5)  # time for any server started from the server to appear
+                assert len(helpers()) == 3, helpers()  # the server and its two workers
+            print("ok", flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ok" in out.stdout

@@ -266,6 +266,9 @@ def _private_copy(segment: np.ndarray, span: tuple[int, int], kept: list[tuple[i
 
 def main(sock: socket.socket, *, forked_from_server: bool = False, close_fds: tuple = ()) -> int:
     """Worker entry point: `sock` is this worker's end of its socket to the main process."""
+    from . import zygote
+
+    zygote.mark_helper()
     # Ctrl-C reaches the whole process group; the parent decides what happens, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for fd in close_fds:  # fork: the main process's ends of sockets, so their peers see it die

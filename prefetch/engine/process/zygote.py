@@ -115,6 +115,16 @@ class Zygote:
 _server: Zygote | None = None
 _server_lock = threading.Lock()
 _exiting = False
+# This process is one of prefetch's own (the fork server, or a worker): a dataset built here
+# never starts a server early. (A dataset module that builds one when imported, preloaded by
+# the server, would otherwise start a server from the server, which would do the same...)
+_helper = False
+
+
+def mark_helper() -> None:
+    """Called first thing in the fork server and in every worker."""
+    global _helper
+    _helper = True
 
 
 def server() -> Zygote:
@@ -149,7 +159,7 @@ def start_early(dataset: Any) -> None:
     the server's interpreter start and imports then overlap that instead of delaying the
     first batch. Best effort: never raises (the Loader starts the server itself, and says
     why it cannot)."""
-    if default_start_method() != "forkserver":
+    if _helper or default_start_method() != "forkserver":
         return
     try:
         server().preload(defining_modules(dataset))
@@ -177,6 +187,7 @@ def parse_status(data: bytes) -> tuple[int | None, int | None]:
 # -- the server process ------------------------------------------------------------------------------
 def serve(control_fd: int) -> None:
     """The server's main loop (run in a fresh interpreter by `Zygote`)."""
+    mark_helper()
     # Imports make ~100,000 objects that live as long as the process: cycle collections
     # during them only cost time (~5 ms of a cold first batch). After them, everything is
     # frozen out of the collector's sight, so no worker's collection ever walks (and so
