@@ -20,7 +20,10 @@ class PyDataset:
     `workers`, `use_multiprocessing` and `max_queue_size` only configure how a
     `prefetch.Loader` (or Keras `fit`) parallelises it; `workers=0` (or `max_queue_size=0`)
     means serial, each batch made in the consumer's thread, as in Keras. Iterating a dataset
-    by hand (`for batch in ds`, `ds[i]`) is serial too, as in Keras.
+    by hand (`for batch in ds`, `ds[i]`) is serial too, as in Keras. With
+    `use_multiprocessing=True`, building the dataset starts prefetch's fork server in the
+    background and has it import the dataset's module, so the first Loader's workers start
+    from a server that is already up.
 
     Example:
         >>> import numpy as np, prefetch
