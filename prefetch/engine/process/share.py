@@ -18,7 +18,9 @@ block, memory from another allocator, a file mapping) keeps its own memory here.
 
 Change detection is by content, without hashing: a buffer already placed is found again by
 its address and length and compared byte for byte (memcmp) with its copy in the segment —
-equal: the same reference is sent; different: it is placed anew. A segment is kept (its
+equal: the same reference is sent; different: it is placed anew. For a remapped buffer the
+page tables answer first: if its pages are still the segment's and none was written since
+(`shm.unwritten_since_mapped`), only the partial pages at its ends are compared. A segment is kept (its
 descriptor open, to boot workers later) while the dataset state refers to it, and closed
 otherwise; its memory is freed when the last worker's array over it is gone.
 
